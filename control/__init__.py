@@ -1,0 +1,1 @@
+"""Control plane: HTTP API, auth, persistence, events and metrics endpoints."""

@@ -1,0 +1,46 @@
+"""The aiohttp application: health, metrics and the live-stream stats API."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from control.errors import error_response, json_errors
+from mediaserver.hub import Hub
+from mediaserver.metrics import Metrics
+
+HUB_KEY = web.AppKey("hub", Hub)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    streams = [stream.snapshot() for stream in sorted(hub.streams.values(), key=lambda s: s.key)]
+    return web.json_response({"streams": streams, "count": len(streams)})
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    stream = request.app[HUB_KEY].get(request.match_info["app"], request.match_info["name"])
+    if stream is None:
+        return error_response(404, "stream_not_found", "no live stream with that name")
+    return web.json_response(stream.snapshot())
+
+
+def create_app(hub: Hub, metrics_: Metrics) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
+    app[HUB_KEY] = hub
+    app[METRICS_KEY] = metrics_
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/streams", list_streams)
+    app.router.add_get("/api/v1/streams/{app}/{name}", get_stream)
+    return app

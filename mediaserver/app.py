@@ -1,0 +1,79 @@
+"""The server process: hub, RTMP(S) listeners and the HTTP application, started together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+from control.http import create_app
+from mediaserver.auth import AllowAll, Authorizer, StaticKeys
+from mediaserver.config import Config
+from mediaserver.hub import Hub
+from mediaserver.metrics import Metrics
+from mediaserver.rtmp.server import start_rtmp, tls_context
+from mediaserver.rtmp.session import RtmpContext
+
+log = logging.getLogger("mediaserver")
+
+
+def make_authorizer(config: Config) -> Authorizer:
+    if config.auth.publish_mode == "static":
+        return StaticKeys(config.auth.publish_keys, config.auth.play_keys)
+    if config.auth.play_keys:
+        return StaticKeys([], config.auth.play_keys, open_publish=True)
+    return AllowAll()
+
+
+class MediaServer:
+    def __init__(self, config: Config, authorizer: Authorizer | None = None) -> None:
+        self.config = config
+        self.hub = Hub(max_gop_bytes=config.hub.gop_cache_max_bytes, idle_timeout=config.rtmp.idle_timeout)
+        self.metrics = Metrics(self.hub)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.metrics.registry.register(collector)
+        self.authorizer = authorizer or make_authorizer(config)
+        self.rtmp_context = RtmpContext(config.rtmp, self.hub, self.authorizer, self.metrics)
+        self._servers: list[asyncio.Server] = []
+        self._runner: web.AppRunner | None = None
+        self.http_app = create_app(self.hub, self.metrics)
+
+    async def start(self) -> None:
+        Path(self.config.server.data_dir).mkdir(parents=True, exist_ok=True)
+        self.hub.start()
+        rtmp = self.config.rtmp
+        self._servers.append(await start_rtmp(self.rtmp_context, rtmp.host, rtmp.port))
+        rtmps = self.config.rtmps
+        if rtmps.enabled:
+            tls = tls_context(rtmps.cert_file, rtmps.key_file)
+            self._servers.append(await start_rtmp(self.rtmp_context, rtmps.host, rtmps.port, tls))
+        self._runner = web.AppRunner(self.http_app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port, reuse_address=True)
+        await site.start()
+        log.info("event=listening protocol=http address=%s:%d", self.config.http.host, self.config.http.port)
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        await self.hub.stop()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def run_forever(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("event=shutdown")
+        await self.stop()

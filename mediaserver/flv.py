@@ -1,0 +1,270 @@
+"""FLV tag bodies (RTMP audio/video messages) to `Packet`s, legacy and Enhanced RTMP.
+
+Legacy video: FrameType(4) CodecID(4), then for AVC an AVCPacketType and a signed 24-bit
+composition time. Enhanced RTMP (veovera v1/v2): bit 7 set, FrameType(3) PacketType(4),
+a FourCC, and for CodedFrames of AVC/HEVC a composition time. Audio: SoundFormat 10 is
+AAC with an AACPacketType; SoundFormat 9 is the Enhanced-RTMP audio header with a FourCC.
+Parsing reads a handful of header bytes per message and never touches the payload.
+"""
+
+from __future__ import annotations
+
+from mediaserver.media import Codec, Packet, TrackKind
+
+_VIDEO_FOURCC = {b"avc1": Codec.H264, b"hvc1": Codec.H265, b"av01": Codec.AV1, b"vp09": Codec.VP9}
+_AUDIO_FOURCC = {b"mp4a": Codec.AAC, b"Opus": Codec.OPUS, b".mp3": Codec.MP3}
+# Legacy CodecIDs; 12 (HEVC) and 13 (AV1) are the pre-Enhanced-RTMP extensions some encoders still send.
+_VIDEO_CODEC_ID = {7: Codec.H264, 12: Codec.H265, 13: Codec.AV1}
+_SOUND_FORMAT = {10: Codec.AAC, 2: Codec.MP3, 7: Codec.PCMA, 8: Codec.PCMU}
+
+# Enhanced RTMP packet types.
+EX_SEQUENCE_START = 0
+EX_CODED_FRAMES = 1
+EX_SEQUENCE_END = 2
+EX_CODED_FRAMES_X = 3
+EX_METADATA = 4
+EX_MULTITRACK = 6
+EX_MOD_EX = 7
+
+VIDEO_FRAME_KEY = 1
+VIDEO_FRAME_COMMAND = 5
+
+
+class FlvError(ValueError):
+    """A tag body too short or of a kind we do not carry."""
+
+
+def _si24(b: bytes | bytearray, i: int) -> int:
+    v = (b[i] << 16) | (b[i + 1] << 8) | b[i + 2]
+    return v - 0x1000000 if v & 0x800000 else v
+
+
+def _skip_mod_ex(body: bytes | bytearray, i: int) -> tuple[int, int]:
+    """Skip ModEx blocks starting at `i` (after the header byte); return (new index, real packet type)."""
+    while True:
+        if i + 1 > len(body):
+            raise FlvError("truncated ModEx")
+        size = body[i] + 1
+        i += 1
+        if size == 256:
+            if i + 2 > len(body):
+                raise FlvError("truncated ModEx")
+            size = ((body[i] << 8) | body[i + 1]) + 1
+            i += 2
+        i += size
+        if i + 1 > len(body):
+            raise FlvError("truncated ModEx")
+        packet_type = body[i] & 0x0F
+        i += 1
+        if packet_type != EX_MOD_EX:
+            return i, packet_type
+
+
+def parse_video(body: bytes | bytearray, timestamp: int) -> Packet | None:
+    """Return the packet, or None for messages that carry no media (end of sequence, commands)."""
+    if len(body) < 1:
+        raise FlvError("empty video message")
+    b0 = body[0]
+    if b0 & 0x80:
+        frame_type = (b0 >> 4) & 0x07
+        packet_type = b0 & 0x0F
+        i = 1
+        if packet_type == EX_MOD_EX:
+            i, packet_type = _skip_mod_ex(body, i)
+        if frame_type == VIDEO_FRAME_COMMAND or packet_type in (EX_SEQUENCE_END, EX_METADATA):
+            return None
+        if packet_type == EX_MULTITRACK:
+            raise FlvError("multitrack video is not supported")
+        if len(body) < i + 4:
+            raise FlvError("truncated enhanced video header")
+        codec = _VIDEO_FOURCC.get(bytes(body[i : i + 4]), Codec.UNKNOWN)
+        i += 4
+        cts = 0
+        if packet_type == EX_CODED_FRAMES and codec in (Codec.H264, Codec.H265):
+            if len(body) < i + 3:
+                raise FlvError("truncated composition time")
+            cts = _si24(body, i)
+            i += 3
+        elif packet_type not in (EX_SEQUENCE_START, EX_CODED_FRAMES, EX_CODED_FRAMES_X):
+            return None
+        is_config = packet_type == EX_SEQUENCE_START
+        return Packet(
+            TrackKind.VIDEO,
+            codec,
+            timestamp,
+            timestamp + cts,
+            frame_type == VIDEO_FRAME_KEY or is_config,
+            body,
+            i,
+            is_config,
+        )
+    frame_type = b0 >> 4
+    codec = _VIDEO_CODEC_ID.get(b0 & 0x0F, Codec.UNKNOWN)
+    if frame_type == VIDEO_FRAME_COMMAND:
+        return None
+    if codec is Codec.UNKNOWN:
+        # Sorenson, VP6 and friends: relayed over RTMP untouched, opaque to everything else.
+        return Packet(TrackKind.VIDEO, codec, timestamp, timestamp, frame_type == VIDEO_FRAME_KEY, body, 1)
+    if len(body) < 5:
+        raise FlvError("truncated AVC video header")
+    avc_packet_type = body[1]
+    if avc_packet_type == 2:
+        return None
+    cts = _si24(body, 2)
+    is_config = avc_packet_type == 0
+    return Packet(
+        TrackKind.VIDEO,
+        codec,
+        timestamp,
+        timestamp + cts,
+        frame_type == VIDEO_FRAME_KEY or is_config,
+        body,
+        5,
+        is_config,
+    )
+
+
+def parse_audio(body: bytes | bytearray, timestamp: int) -> Packet | None:
+    if len(body) < 1:
+        raise FlvError("empty audio message")
+    b0 = body[0]
+    sound_format = b0 >> 4
+    if sound_format == 9:
+        packet_type = b0 & 0x0F
+        i = 1
+        if packet_type == EX_MOD_EX:
+            i, packet_type = _skip_mod_ex(body, i)
+        if packet_type not in (EX_SEQUENCE_START, EX_CODED_FRAMES):
+            return None
+        if len(body) < i + 4:
+            raise FlvError("truncated enhanced audio header")
+        codec = _AUDIO_FOURCC.get(bytes(body[i : i + 4]), Codec.UNKNOWN)
+        is_config = packet_type == EX_SEQUENCE_START
+        return Packet(TrackKind.AUDIO, codec, timestamp, timestamp, True, body, i + 4, is_config)
+    codec = _SOUND_FORMAT.get(sound_format, Codec.UNKNOWN)
+    if codec is Codec.AAC:
+        if len(body) < 2:
+            raise FlvError("truncated AAC header")
+        is_config = body[1] == 0
+        return Packet(TrackKind.AUDIO, codec, timestamp, timestamp, True, body, 2, is_config)
+    return Packet(TrackKind.AUDIO, codec, timestamp, timestamp, True, body, 1)
+
+
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+
+def aac_config(asc: bytes | memoryview) -> tuple[int, int]:
+    """(sample rate, channels) from an AudioSpecificConfig."""
+    if len(asc) < 2:
+        raise FlvError("AudioSpecificConfig too short")
+    bits = (asc[0] << 8) | asc[1]
+    object_type = bits >> 11
+    index = (bits >> 7) & 0x0F
+    channels = (bits >> 3) & 0x0F
+    if object_type == 31 or index == 15:
+        # Escaped object type or explicit 24-bit rate: rare enough to report without decoding further.
+        return 0, channels
+    return (_AAC_RATES[index] if index < len(_AAC_RATES) else 0), channels
+
+
+def opus_config(head: bytes | memoryview) -> tuple[int, int]:
+    """(input sample rate, channels) from an OpusHead."""
+    if len(head) < 19 or bytes(head[:8]) != b"OpusHead":
+        raise FlvError("not an OpusHead")
+    return int.from_bytes(head[12:16], "little"), head[9]
+
+
+class _BitReader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def bit(self) -> int:
+        byte = self.pos >> 3
+        if byte >= len(self.data):
+            raise FlvError("SPS truncated")
+        value = (self.data[byte] >> (7 - (self.pos & 7))) & 1
+        self.pos += 1
+        return value
+
+    def bits(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            value = (value << 1) | self.bit()
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.bit() == 0:
+            zeros += 1
+            if zeros > 31:
+                raise FlvError("bad exp-Golomb code")
+        return (1 << zeros) - 1 + self.bits(zeros)
+
+    def se(self) -> int:
+        k = self.ue()
+        return (k + 1) // 2 if k & 1 else -(k // 2)
+
+
+def _unescape(nal: bytes) -> bytes:
+    return nal.replace(b"\x00\x00\x03", b"\x00\x00")
+
+
+def _skip_scaling_list(r: _BitReader, size: int) -> None:
+    last = next_ = 8
+    for _ in range(size):
+        if next_ != 0:
+            next_ = (last + r.se() + 256) % 256
+        last = next_ if next_ != 0 else last
+
+
+def h264_resolution(avcc: bytes | memoryview) -> tuple[int, int]:
+    """Width and height from the first SPS of an avcC record (configuration time only)."""
+    if len(avcc) < 8 or avcc[5] & 0x1F == 0:
+        raise FlvError("avcC without SPS")
+    sps_len = (avcc[6] << 8) | avcc[7]
+    sps = _unescape(bytes(avcc[8 : 8 + sps_len]))
+    if len(sps) < 4:
+        raise FlvError("SPS truncated")
+    r = _BitReader(sps[1:])
+    profile = r.bits(8)
+    r.bits(16)
+    r.ue()
+    chroma = 1
+    if profile in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
+        chroma = r.ue()
+        if chroma == 3:
+            r.bit()
+        r.ue()
+        r.ue()
+        r.bit()
+        if r.bit():
+            for i in range(8 if chroma != 3 else 12):
+                if r.bit():
+                    _skip_scaling_list(r, 16 if i < 6 else 64)
+    r.ue()
+    poc_type = r.ue()
+    if poc_type == 0:
+        r.ue()
+    elif poc_type == 1:
+        r.bit()
+        r.se()
+        r.se()
+        for _ in range(r.ue()):
+            r.se()
+    r.ue()
+    r.bit()
+    width_mbs = r.ue() + 1
+    height_units = r.ue() + 1
+    frame_mbs_only = r.bit()
+    if not frame_mbs_only:
+        r.bit()
+    r.bit()
+    crop = (0, 0, 0, 0)
+    if r.bit():
+        crop = (r.ue(), r.ue(), r.ue(), r.ue())
+    sub_w = 2 if chroma in (1, 2) else 1
+    sub_h = (2 if chroma == 1 else 1) * (2 - frame_mbs_only)
+    width = width_mbs * 16 - sub_w * (crop[0] + crop[1])
+    height = height_units * 16 * (2 - frame_mbs_only) - sub_h * (crop[2] + crop[3])
+    return width, height

@@ -1,0 +1,341 @@
+"""The stream hub: live streams by `app/name`, one publisher each, any number of subscribers.
+
+Fan-out is a synchronous call per subscriber (`on_packet`), so a packet costs the hub one
+loop over its subscribers and no task switch. Each subscriber bounds its own backlog and
+skips to the next keyframe when it overflows (see `PacketQueue` and the RTMP player).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mediaserver.flv import FlvError, aac_config, h264_resolution, opus_config
+from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
+
+log = logging.getLogger("mediaserver.hub")
+
+
+class Subscriber(Protocol):
+    protocol: str
+
+    def on_packet(self, packet: Packet) -> None:
+        """Called for every packet; must not block. Config and metadata packets come too."""
+
+    def on_stream_end(self) -> None:
+        """The publisher left; no more packets will come."""
+
+
+class Publisher(Protocol):
+    peer: str
+    protocol: str
+
+    def stop(self, reason: str) -> None:
+        """Disconnect the publisher (idle timeout, kicked by an operator)."""
+
+
+@dataclass(slots=True)
+class DropCounter:
+    """Packets dropped, by reason; read by the metrics collector."""
+
+    by_reason: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+
+    def add(self, reason: str, count: int = 1) -> None:
+        self.by_reason[reason] += count
+
+
+class Stream:
+    def __init__(self, app: str, name: str, publisher: Publisher, max_gop_bytes: int, drops: DropCounter) -> None:
+        self.app = app
+        self.name = name
+        self.publisher = publisher
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.last_media = time.monotonic()
+        self.metadata: Packet | None = None
+        self.video_config: Packet | None = None
+        self.audio_config: Packet | None = None
+        self.video = TrackInfo(TrackKind.VIDEO, Codec.UNKNOWN)
+        self.audio = TrackInfo(TrackKind.AUDIO, Codec.UNKNOWN)
+        self.meta_fps = 0.0
+        self.subscribers: list[Subscriber] = []
+        self.ended = False
+        self._gop: list[Packet] = []
+        self._gop_bytes = 0
+        self._max_gop_bytes = max_gop_bytes
+        self._drops = drops
+        self.bytes_in = 0
+        self.video_frames = 0
+        self.audio_frames = 0
+        # (monotonic time, bytes_in, video_frames) at the last rate sample, for bitrate/fps.
+        self._rate_mark = (self.started_monotonic, 0, 0)
+        self.bitrate = 0.0
+        self.fps = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}/{self.name}"
+
+    @property
+    def gop(self) -> list[Packet]:
+        return self._gop
+
+    def push(self, packet: Packet) -> None:
+        """Ingest one packet from the publisher and fan it out."""
+        self.bytes_in += len(packet.flv)
+        if packet.is_config:
+            self._set_config(packet)
+        elif packet.kind is TrackKind.VIDEO:
+            self.video_frames += 1
+            self.last_media = time.monotonic()
+            if packet.keyframe:
+                self._gop = [packet]
+                self._gop_bytes = len(packet.flv)
+            elif self._gop:
+                self._append_gop(packet)
+        elif packet.kind is TrackKind.AUDIO:
+            self.audio_frames += 1
+            self.last_media = time.monotonic()
+            if self._gop:
+                self._append_gop(packet)
+        for subscriber in self.subscribers:
+            subscriber.on_packet(packet)
+
+    def set_metadata(self, packet: Packet, width: int, height: int, fps: float) -> None:
+        self.metadata = packet
+        if width and height and not self.video.width:
+            self.video.width, self.video.height = width, height
+        self.meta_fps = fps
+        for subscriber in self.subscribers:
+            subscriber.on_packet(packet)
+
+    def _append_gop(self, packet: Packet) -> None:
+        self._gop_bytes += len(packet.flv)
+        if self._gop_bytes > self._max_gop_bytes:
+            # An endless GOP (a camera with keyframes minutes apart) would grow without
+            # bound; give up caching until the next keyframe.
+            self._drops.add("gop_cache_overflow", len(self._gop))
+            self._gop = []
+            self._gop_bytes = 0
+        else:
+            self._gop.append(packet)
+
+    def _set_config(self, packet: Packet) -> None:
+        if packet.kind is TrackKind.VIDEO:
+            if self.video_config is not None and self.video_config.flv == packet.flv:
+                return
+            self.video_config = packet
+            track = self.video
+            track.codec = packet.codec
+            track.config = bytes(packet.data)
+            track.version += 1
+            if packet.codec is Codec.H264:
+                try:
+                    track.width, track.height = h264_resolution(track.config)
+                except (FlvError, IndexError) as exc:
+                    log.warning("event=bad_sps stream=%s error=%s", self.key, exc)
+            # A new configuration makes the cached GOP undecodable.
+            self._gop = []
+            self._gop_bytes = 0
+        else:
+            if self.audio_config is not None and self.audio_config.flv == packet.flv:
+                return
+            self.audio_config = packet
+            track = self.audio
+            track.codec = packet.codec
+            track.config = bytes(packet.data)
+            track.version += 1
+            try:
+                if packet.codec is Codec.AAC:
+                    track.sample_rate, track.channels = aac_config(track.config)
+                elif packet.codec is Codec.OPUS:
+                    track.sample_rate, track.channels = opus_config(track.config)
+            except FlvError as exc:
+                log.warning("event=bad_audio_config stream=%s error=%s", self.key, exc)
+
+    def sample_rates(self, now: float) -> None:
+        then, bytes_then, frames_then = self._rate_mark
+        elapsed = now - then
+        if elapsed >= 1.0:
+            self.bitrate = (self.bytes_in - bytes_then) * 8 / elapsed
+            self.fps = (self.video_frames - frames_then) / elapsed
+            self._rate_mark = (now, self.bytes_in, self.video_frames)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with contextlib.suppress(ValueError):
+            self.subscribers.remove(subscriber)
+
+    def subscriber_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = collections.defaultdict(int)
+        for subscriber in self.subscribers:
+            counts[subscriber.protocol] += 1
+        return dict(counts)
+
+    def snapshot(self) -> dict[str, object]:
+        """The JSON view of a live stream for the stats API."""
+        return {
+            "app": self.app,
+            "name": self.name,
+            "publisher": {"protocol": self.publisher.protocol, "peer": self.publisher.peer},
+            "started_at": self.started_at,
+            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
+            "video": (
+                {
+                    "codec": self.video.codec.value,
+                    "width": self.video.width,
+                    "height": self.video.height,
+                    "fps": round(self.fps or self.meta_fps, 2),
+                }
+                if self.video.codec is not Codec.UNKNOWN
+                else None
+            ),
+            "audio": (
+                {
+                    "codec": self.audio.codec.value,
+                    "sample_rate": self.audio.sample_rate,
+                    "channels": self.audio.channels,
+                }
+                if self.audio.codec is not Codec.UNKNOWN
+                else None
+            ),
+            "bitrate_bps": round(self.bitrate),
+            "bytes_in": self.bytes_in,
+            "subscribers": self.subscriber_counts(),
+        }
+
+
+StreamListener = Callable[[str, Stream], None]
+
+
+class StreamTaken(Exception):
+    pass
+
+
+class Hub:
+    def __init__(self, max_gop_bytes: int = 32 * 1024 * 1024, idle_timeout: float = 10.0) -> None:
+        self.streams: dict[str, Stream] = {}
+        self.max_gop_bytes = max_gop_bytes
+        self.idle_timeout = idle_timeout
+        self.drops = DropCounter()
+        self._listeners: list[StreamListener] = []
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    def add_listener(self, listener: StreamListener) -> None:
+        """`listener(event, stream)` with event `stream_started` or `stream_stopped`."""
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, stream: Stream) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, stream)
+            except Exception:
+                log.exception("event=listener_failed hub_event=%s stream=%s", event, stream.key)
+
+    def get(self, app: str, name: str) -> Stream | None:
+        return self.streams.get(f"{app}/{name}")
+
+    def publish(self, app: str, name: str, publisher: Publisher) -> Stream:
+        key = f"{app}/{name}"
+        if key in self.streams:
+            raise StreamTaken(key)
+        stream = Stream(app, name, publisher, self.max_gop_bytes, self.drops)
+        self.streams[key] = stream
+        self._emit("stream_started", stream)
+        return stream
+
+    def unpublish(self, stream: Stream) -> None:
+        if self.streams.get(stream.key) is not stream:
+            return
+        del self.streams[stream.key]
+        stream.ended = True
+        for subscriber in list(stream.subscribers):
+            try:
+                subscriber.on_stream_end()
+            except Exception:
+                log.exception("event=subscriber_end_failed stream=%s", stream.key)
+        stream.subscribers.clear()
+        self._emit("stream_stopped", stream)
+
+    def start(self) -> None:
+        if self._housekeeping is None:
+            self._housekeeping = asyncio.get_running_loop().create_task(self._run_housekeeping())
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
+        for stream in list(self.streams.values()):
+            stream.publisher.stop("shutdown")
+            self.unpublish(stream)
+
+    async def _run_housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for stream in list(self.streams.values()):
+                stream.sample_rates(now)
+                if self.idle_timeout > 0 and now - stream.last_media > self.idle_timeout:
+                    log.warning(
+                        "event=publisher_idle stream=%s peer=%s idle_seconds=%.1f",
+                        stream.key,
+                        stream.publisher.peer,
+                        now - stream.last_media,
+                    )
+                    stream.publisher.stop("idle_timeout")
+                    self.unpublish(stream)
+
+
+class PacketQueue:
+    """A bounded per-subscriber queue for consumers that run as tasks (HLS, WebRTC, recorder).
+
+    On overflow it empties itself and waits for the next video keyframe, so the consumer
+    resumes with a decodable picture instead of a smear, and the drop is counted.
+    """
+
+    def __init__(self, max_packets: int, drops: DropCounter, reason: str = "slow_consumer") -> None:
+        self._items: collections.deque[Packet | None] = collections.deque()
+        self._max = max_packets
+        self._drops = drops
+        self._reason = reason
+        self._waiting_keyframe = False
+        self._event = asyncio.Event()
+
+    def put(self, packet: Packet) -> None:
+        if self._waiting_keyframe:
+            if not (packet.kind is TrackKind.VIDEO and packet.keyframe) and not packet.is_config:
+                self._drops.add(self._reason)
+                return
+            self._waiting_keyframe = False
+        if len(self._items) >= self._max:
+            self._drops.add(self._reason, len(self._items) + 1)
+            self._items.clear()
+            self._waiting_keyframe = not (packet.kind is TrackKind.VIDEO and packet.keyframe)
+            if self._waiting_keyframe:
+                return
+        self._items.append(packet)
+        self._event.set()
+
+    def close(self) -> None:
+        self._items.append(None)
+        self._event.set()
+
+    async def get(self) -> Packet | None:
+        """The next packet, or None once the stream has ended."""
+        while not self._items:
+            self._event.clear()
+            await self._event.wait()
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)

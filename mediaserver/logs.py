@@ -1,0 +1,47 @@
+"""Structured logging: one line per event, `key=value` text or JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        # Messages are written as "key=value ..." so that both formats carry the same fields.
+        message = record.getMessage()
+        fields: dict[str, str] = {}
+        for part in message.split(" "):
+            key, sep, value = part.partition("=")
+            if sep and key.isidentifier():
+                fields[key] = value
+        if fields and len(fields) == len(message.split(" ")):
+            entry.update(fields)
+        else:
+            entry["message"] = message
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ level=%(levelname)s logger=%(name)s %(message)s")
+        formatter.converter = time.gmtime
+        formatter.default_msec_format = None
+        formatter.datefmt = "%Y-%m-%dT%H:%M:%S"
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,34 @@
+"""RTMP and RTMPS listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from mediaserver.rtmp.session import RtmpContext, RtmpSession
+
+log = logging.getLogger("mediaserver.rtmp")
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def start_rtmp(ctx: RtmpContext, host: str, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    protocol = "rtmps" if tls is not None else "rtmp"
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: RtmpSession(ctx, protocol),
+        host,
+        port,
+        ssl=tls,
+        ssl_handshake_timeout=ctx.config.handshake_timeout if tls is not None else None,
+        reuse_address=True,
+        backlog=1024,
+    )
+    for sock in server.sockets:
+        log.info("event=listening protocol=%s address=%s", protocol, sock.getsockname())
+    return server

@@ -1,0 +1,186 @@
+"""Shared fixtures: a real server process on free loopback ports, and test media made by ffmpeg."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    rtmp_port: int
+    http_port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    rtmps_port: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def rtmp_url(self, path: str) -> str:
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/{path}"
+
+    def http_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get_json(self, path: str) -> object:
+        import json
+
+        with urllib.request.urlopen(self.http_url(path), timeout=5) as response:
+            return json.loads(response.read())
+
+    def get_text(self, path: str) -> str:
+        with urllib.request.urlopen(self.http_url(path), timeout=5) as response:
+            return str(response.read().decode())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(tmp_path: Path, extra_env: dict[str, str] | None = None, rtmps: bool = False) -> ServerProcess:
+    rtmp_port, http_port = free_port(), free_port()
+    data_dir = tmp_path / "data"
+    env = dict(os.environ)
+    env.update(
+        {
+            "MEDIASERVER_RTMP_HOST": "127.0.0.1",
+            "MEDIASERVER_RTMP_PORT": str(rtmp_port),
+            "MEDIASERVER_HTTP_HOST": "127.0.0.1",
+            "MEDIASERVER_HTTP_PORT": str(http_port),
+            "MEDIASERVER_SERVER_DATA_DIR": str(data_dir),
+            "MEDIASERVER_SERVER_LOG_LEVEL": "debug",
+        }
+    )
+    rtmps_port = None
+    if rtmps:
+        rtmps_port = free_port()
+        env["MEDIASERVER_RTMPS_HOST"] = "127.0.0.1"
+        env["MEDIASERVER_RTMPS_PORT"] = str(rtmps_port)
+    env.update(extra_env or {})
+    log_path = tmp_path / f"server-{rtmp_port}.log"
+    log_file = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mediaserver", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+    server = ServerProcess(rtmp_port, http_port, data_dir, process, log_path, rtmps_port, env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.log()}")
+        try:
+            server.get_json("/healthz")
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = start_server(tmp_path)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def factory(extra_env: dict[str, str] | None = None, rtmps: bool = False) -> ServerProcess:
+        index = len(started)
+        directory = tmp_path / f"server{index}"
+        directory.mkdir()
+        proc = start_server(directory, extra_env, rtmps)
+        started.append(proc)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} is not installed (.ci/run installs it)")
+    return path
+
+
+def ffmpeg_publish(
+    url: str, seconds: float, *, size: str = "640x360", rate: int = 25, gop: int = 25, extra: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A real ffmpeg publishing testsrc + sine as H.264/AAC at real-time pace."""
+    cmd = [
+        require("ffmpeg"),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=size={size}:rate={rate}",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        str(seconds),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        str(gop),
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        *(extra or []),
+        "-f",
+        "flv",
+        url,
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for_stream(server: ServerProcess, app: str, name: str, timeout: float = 10.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = server.get_json("/api/v1/streams")
+        assert isinstance(data, dict)
+        for stream in data["streams"]:
+            if stream["app"] == app and stream["name"] == name and stream["video"]:
+                return dict(stream)
+        time.sleep(0.1)
+    raise AssertionError(f"stream {app}/{name} never went live:\n{server.log()[-3000:]}")
