@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import asyncio
+
+from mediaserver.hub import DropCounter, Hub, PacketQueue, StreamTaken
+from mediaserver.media import Codec, Packet, TrackKind
+
+# An avcC built from the SPS/PPS that x264 wrote for a 352x288 picture.
+_SPS = bytes.fromhex("6764000dacd941609684000003000400000300c83c50a658")
+_PPS = bytes.fromhex("68ebe3cb22c0")
+AVCC = bytes([1, 0x64, 0x00, 0x0D, 0xFF, 0xE1]) + len(_SPS).to_bytes(2, "big") + _SPS + b"\x01"
+AVCC += len(_PPS).to_bytes(2, "big") + _PPS
+AVC_SEQ = bytes.fromhex("1700000000") + AVCC
+
+
+def video(ts: int, key: bool) -> Packet:
+    body = bytes([0x17 if key else 0x27, 1, 0, 0, 0]) + b"\x00\x00\x00\x02\x65\x88"
+    return Packet(TrackKind.VIDEO, Codec.H264, ts, ts, key, body, 5)
+
+
+def audio(ts: int) -> Packet:
+    return Packet(TrackKind.AUDIO, Codec.AAC, ts, ts, True, b"\xaf\x01\x21\x00", 2)
+
+
+class FakePublisher:
+    protocol = "test"
+    peer = "127.0.0.1:1"
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def stop(self, reason: str) -> None:
+        self.stopped.append(reason)
+
+
+class Recorder:
+    protocol = "test"
+
+    def __init__(self) -> None:
+        self.packets: list[Packet] = []
+        self.ended = False
+
+    def on_packet(self, packet: Packet) -> None:
+        self.packets.append(packet)
+
+    def on_stream_end(self) -> None:
+        self.ended = True
+
+
+def test_gop_cache_restarts_on_keyframe_and_fans_out() -> None:
+    hub = Hub()
+    stream = hub.publish("live", "a", FakePublisher())
+    sub = Recorder()
+    stream.subscribe(sub)
+    for ts, key in [(0, True), (40, False), (80, False), (120, True), (160, False)]:
+        stream.push(video(ts, key))
+        stream.push(audio(ts + 5))
+    assert [p.dts for p in stream.gop] == [120, 125, 160, 165]
+    assert len(sub.packets) == 10
+    hub.unpublish(stream)
+    assert sub.ended and hub.get("live", "a") is None
+
+
+def test_second_publisher_is_refused() -> None:
+    hub = Hub()
+    hub.publish("live", "a", FakePublisher())
+    try:
+        hub.publish("live", "a", FakePublisher())
+    except StreamTaken:
+        pass
+    else:
+        raise AssertionError("duplicate publish accepted")
+
+
+def test_gop_cache_is_bounded() -> None:
+    hub = Hub(max_gop_bytes=100)
+    stream = hub.publish("live", "a", FakePublisher())
+    stream.push(video(0, True))
+    for ts in range(1, 50):
+        stream.push(video(ts * 40, False))
+    assert stream.gop == []
+    assert hub.drops.by_reason["gop_cache_overflow"] > 0
+
+
+def test_new_sequence_header_clears_gop_and_sets_resolution() -> None:
+    hub = Hub()
+    stream = hub.publish("live", "a", FakePublisher())
+    stream.push(video(0, True))
+    config = Packet(TrackKind.VIDEO, Codec.H264, 0, 0, True, AVC_SEQ, 5, is_config=True)
+    stream.push(config)
+    assert stream.gop == []
+    assert stream.video_config is config
+    assert (stream.video.width, stream.video.height) == (352, 288)
+    assert stream.video.config == AVCC
+
+
+def test_packet_queue_skips_to_next_keyframe_on_overflow() -> None:
+    async def run() -> None:
+        drops = DropCounter()
+        queue = PacketQueue(max_packets=3, drops=drops)
+        queue.put(video(0, True))
+        queue.put(video(40, False))
+        queue.put(video(80, False))
+        queue.put(video(120, False))  # overflow: everything goes, wait for a keyframe
+        queue.put(audio(125))
+        queue.put(video(160, False))
+        queue.put(video(200, True))
+        queue.put(audio(205))
+        got = [await queue.get(), await queue.get()]
+        assert [p.dts for p in got if p] == [200, 205]
+        assert drops.by_reason["slow_consumer"] == 6
+        queue.close()
+        assert await queue.get() is None
+
+    asyncio.run(run())
+
+
+def test_idle_publisher_is_dropped() -> None:
+    async def run() -> None:
+        hub = Hub(idle_timeout=0.5)
+        hub.start()
+        publisher = FakePublisher()
+        stream = hub.publish("live", "idle", publisher)
+        sub = Recorder()
+        stream.subscribe(sub)
+        await asyncio.sleep(1.8)
+        assert publisher.stopped == ["idle_timeout"]
+        assert hub.get("live", "idle") is None and sub.ended
+        await hub.stop()
+
+    asyncio.run(run())
