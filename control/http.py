@@ -35,7 +35,7 @@ async def get_stream(request: web.Request) -> web.Response:
     return web.json_response(stream.snapshot())
 
 
-def create_app(hub: Hub, metrics_: Metrics) -> web.Application:
+def create_app(hub: Hub, metrics_: Metrics, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
     app[HUB_KEY] = hub
     app[METRICS_KEY] = metrics_
@@ -43,4 +43,5 @@ def create_app(hub: Hub, metrics_: Metrics) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/streams", list_streams)
     app.router.add_get("/api/v1/streams/{app}/{name}", get_stream)
+    app.router.add_routes(extra_routes or [])
     return app

@@ -13,6 +13,8 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from control.http import create_app
 from mediaserver.auth import AllowAll, Authorizer, StaticKeys
 from mediaserver.config import Config
+from mediaserver.hls.segmenter import HlsSettings
+from mediaserver.hls.service import HlsService
 from mediaserver.hub import Hub
 from mediaserver.metrics import Metrics
 from mediaserver.rtmp.server import start_rtmp, tls_context
@@ -40,11 +42,19 @@ class MediaServer:
         self.rtmp_context = RtmpContext(config.rtmp, self.hub, self.authorizer, self.metrics)
         self._servers: list[asyncio.Server] = []
         self._runner: web.AppRunner | None = None
-        self.http_app = create_app(self.hub, self.metrics)
+        self.hls: HlsService | None = None
+        routes = []
+        if config.hls.enabled:
+            settings = HlsSettings(config.hls.segment_duration, config.hls.part_duration, config.hls.window)
+            self.hls = HlsService(self.hub, settings, self.metrics.registry, config.hls.grace_seconds)
+            routes.extend(self.hls.routes())
+        self.http_app = create_app(self.hub, self.metrics, routes)
 
     async def start(self) -> None:
         Path(self.config.server.data_dir).mkdir(parents=True, exist_ok=True)
         self.hub.start()
+        if self.hls is not None:
+            self.hls.start()
         rtmp = self.config.rtmp
         self._servers.append(await start_rtmp(self.rtmp_context, rtmp.host, rtmp.port))
         rtmps = self.config.rtmps
@@ -61,6 +71,8 @@ class MediaServer:
         for server in self._servers:
             server.close()
         await self.hub.stop()
+        if self.hls is not None:
+            await self.hls.stop()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

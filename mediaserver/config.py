@@ -73,6 +73,19 @@ class HubConfig:
 
 
 @dataclass(slots=True)
+class HlsConfig:
+    enabled: bool = True
+    # Segments are cut on the first keyframe at or after this many seconds.
+    segment_duration: float = 2.0
+    # LL-HLS part target, in seconds.
+    part_duration: float = 0.333
+    # Complete segments kept in the live playlist.
+    window: int = 6
+    # Seconds an ended stream's playlist stays available (a reconnecting publisher continues it).
+    grace_seconds: float = 30.0
+
+
+@dataclass(slots=True)
 class AuthConfig:
     # "open": anyone may publish; "static": the stream name (or its ?key= parameter) must be in publish_keys.
     publish_mode: str = "open"
@@ -88,6 +101,7 @@ class Config:
     rtmps: RtmpsConfig = field(default_factory=RtmpsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    hls: HlsConfig = field(default_factory=HlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> None:
@@ -99,6 +113,10 @@ class Config:
             raise ConfigError("rtmp.out_chunk_size must be within 128..16777216")
         if not 1024 <= self.rtmp.max_message_size <= 64 * 1024 * 1024:
             raise ConfigError("rtmp.max_message_size must be within 1024..67108864")
+        if not 0.1 <= self.hls.part_duration <= self.hls.segment_duration / 2:
+            raise ConfigError("hls.part_duration must be within 0.1 s and half of hls.segment_duration")
+        if not 1 <= self.hls.segment_duration <= 30 or not 2 <= self.hls.window <= 100:
+            raise ConfigError("hls.segment_duration must be within 1..30 s and hls.window within 2..100")
         if bool(self.rtmps.cert_file) != bool(self.rtmps.key_file):
             raise ConfigError("rtmps.cert_file and rtmps.key_file must be set together")
 

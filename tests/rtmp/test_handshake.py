@@ -27,9 +27,7 @@ from mediaserver.rtmp.handshake import (
 
 # An independent statement of the digest handshake, used to check the module's output
 # rather than trusting it to agree with itself.
-FIXED = bytes.fromhex(
-    "f0eec24a8068bee82e00d0d1029e7e576eec5d2d29806fab93b8e636cfeb31ae"
-)
+FIXED = bytes.fromhex("f0eec24a8068bee82e00d0d1029e7e576eec5d2d29806fab93b8e636cfeb31ae")
 PLAYER_KEY = b"Genuine Adobe Flash Player 001" + FIXED
 SERVER_KEY = b"Genuine Adobe Flash Media Server 001" + FIXED
 REPLY_SIZE = 1 + 2 * HANDSHAKE_SIZE
@@ -329,9 +327,7 @@ class Run:
     stderr: str
 
 
-async def _handshake_server_run(
-    argv_for_port: Sequence[str], *, break_s2: bool = False
-) -> Run:
+async def _handshake_server_run(argv_for_port: Sequence[str], *, break_s2: bool = False) -> Run:
     """Serve one handshake per connection on 127.0.0.1 while running a client.
 
     With `break_s2` the last byte of S2 is flipped, to show that the client really
@@ -339,9 +335,7 @@ async def _handshake_server_run(
     """
     sessions: list[Session] = []
 
-    async def handle(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session()
         sessions.append(session)
         try:

@@ -1,0 +1,92 @@
+"""LL-HLS media playlists (RFC 8216bis) rendered from an `HlsStream`."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from mediaserver.hls.segmenter import HlsStream, Segment
+
+# Partial segments are listed for the segments this close to the live edge.
+_PART_SEGMENTS = 3
+
+
+def _date(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}Z"
+
+
+def target_duration(stream: HlsStream) -> int:
+    return max(1, math.ceil(stream.max_segment_duration - 0.001))
+
+
+def part_target(stream: HlsStream) -> float:
+    return stream.settings.part_duration
+
+
+def skip_until(stream: HlsStream) -> float:
+    return 6 * target_duration(stream)
+
+
+def render(stream: HlsStream, skip: bool = False) -> str:
+    """The playlist as it stands; with `skip`, older segments become one EXT-X-SKIP (delta update)."""
+    target = target_duration(stream)
+    part = part_target(stream)
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:9",
+        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
+        f"CAN-SKIP-UNTIL={skip_until(stream):.1f},"
+        f"PART-HOLD-BACK={3 * part:.3f},HOLD-BACK={3 * target:.1f}",
+        f"#EXT-X-PART-INF:PART-TARGET={part:.3f}",
+    ]
+    segments: list[Segment] = list(stream.segments)
+    if stream.current is not None and stream.current.parts:
+        segments.append(stream.current)
+    first_msn = segments[0].msn if segments else stream.last_msn + 1
+    lines.append(f"#EXT-X-MEDIA-SEQUENCE:{first_msn}")
+    if stream.discontinuity_sequence:
+        lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{stream.discontinuity_sequence}")
+    skipped = 0
+    if skip:
+        # Segments older than CAN-SKIP-UNTIL from the live edge may be skipped.
+        remaining = sum(s.duration for s in segments)
+        for segment in segments:
+            if remaining - segment.duration < skip_until(stream) or not segment.complete:
+                break
+            if segment.discontinuity and skipped:
+                break
+            remaining -= segment.duration
+            skipped += 1
+        if skipped:
+            lines.append(f"#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}")
+    init_id = -1
+    part_from = len(segments) - _PART_SEGMENTS
+    for index, segment in enumerate(segments):
+        if index < skipped:
+            init_id = segment.init_id
+            continue
+        if segment.discontinuity and index > 0:
+            lines.append("#EXT-X-DISCONTINUITY")
+        if segment.init_id != init_id:
+            lines.append(f'#EXT-X-MAP:URI="init-{segment.init_id}.mp4"')
+            init_id = segment.init_id
+        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_date(segment.program_date_time)}")
+        if index >= part_from:
+            for p in segment.parts:
+                independent = ",INDEPENDENT=YES" if p.independent else ""
+                lines.append(
+                    f'#EXT-X-PART:DURATION={p.duration:.5f},URI="part-{segment.msn}-{p.index}.m4s"{independent}'
+                )
+        if segment.complete:
+            lines.append(f"#EXTINF:{segment.duration:.5f},")
+            lines.append(f"seg-{segment.msn}.m4s")
+    if stream.ended:
+        lines.append("#EXT-X-ENDLIST")
+    elif segments or stream.current is not None:
+        if stream.current is not None:
+            hint = (stream.current.msn, len(stream.current.parts))
+        else:
+            hint = (stream.last_msn + 1, 0)
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="part-{hint[0]}-{hint[1]}.m4s"')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,394 @@
+"""Live CMAF segmenter: hub packets in, LL-HLS parts and segments (in memory) out.
+
+One `HlsStream` per `app/name`; it outlives a publisher for a grace period so that a
+reconnecting camera continues the same playlist after an `EXT-X-DISCONTINUITY`.
+
+Parts are cut on video frames once the next frame would overrun the part target, and
+segments on the first keyframe at or past the segment target, so every segment starts
+with an independent part. Each part is a complete `moof`+`mdat`, built the moment it
+closes; a segment is the concatenation of its parts, and once it completes its parts
+become views into the segment's bytes, so the data is held once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from mediaserver.hls import fmp4
+from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
+
+log = logging.getLogger("mediaserver.hls")
+
+_HLS_AUDIO = (Codec.AAC, Codec.OPUS)
+_HLS_VIDEO = (Codec.H264, Codec.H265, Codec.AV1)
+# A timestamp step larger than this (or any step backwards) starts a new timeline.
+_MAX_JUMP_MS = 10_000
+
+
+@dataclass(slots=True)
+class Part:
+    index: int
+    duration: float
+    independent: bool
+    data: bytes | memoryview
+
+
+@dataclass(slots=True)
+class Segment:
+    msn: int
+    init_id: int
+    program_date_time: float
+    discontinuity: bool
+    parts: list[Part] = field(default_factory=list)
+    duration: float = 0.0
+    data: bytes | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.data is not None
+
+    @property
+    def size(self) -> int:
+        if self.data is not None:
+            return len(self.data)
+        return sum(len(p.data) for p in self.parts)
+
+
+@dataclass(slots=True)
+class HlsSettings:
+    segment_duration: float = 2.0
+    part_duration: float = 0.333
+    window: int = 6
+
+
+@dataclass(slots=True)
+class SegmenterStats:
+    segments: int = 0
+    parts: int = 0
+    fragment_seconds: float = 0.0
+    fragment_max_seconds: float = 0.0
+    errors: int = 0
+
+
+class HlsStream:
+    """Segments, parts and init segments of one live stream, and the muxing state."""
+
+    # As a hub subscriber: one per stream, whatever the number of HLS viewers.
+    protocol = "hls_segmenter"
+
+    def __init__(self, app: str, name: str, settings: HlsSettings, stats: SegmenterStats) -> None:
+        self.app = app
+        self.name = name
+        self.settings = settings
+        self.stats = stats
+        # Sequence numbers start from the wall clock, so URIs never repeat across restarts
+        # and caches may treat segments as immutable.
+        self._next_msn = int(time.time() * 10)
+        self.segments: deque[Segment] = deque()
+        self.current: Segment | None = None
+        self.inits: dict[int, bytes] = {}
+        self.init_id = 0
+        self.ended = False
+        self.live = False
+        self.max_segment_duration = settings.segment_duration
+        self.discontinuity_sequence = 0
+        self.ended_at = 0.0
+        self._changed = asyncio.Event()
+        self._tracks: list[TrackInfo] = []
+        self._track_versions: tuple[int, ...] = ()
+        self._source: tuple[TrackInfo, TrackInfo] | None = None
+        self._pending: list[list[Packet]] = []
+        self._part_start = 0
+        self._segment_start = 0
+        self._last_dts = -1
+        self._last_video_delta = 40
+        self._offset = 0
+        self._timeline_end = 0
+        self._next_discontinuity = False
+        self._fragment_sequence = 1
+        self._has_video = False
+        self._waiting_keyframe = True
+
+    # ----- lifecycle --------------------------------------------------------------------
+
+    def attach(self, video: TrackInfo, audio: TrackInfo) -> None:
+        """A publisher (re)starts: keep the playlist, start a new timeline after a discontinuity."""
+        if self.segments or self.current is not None:
+            self._close_segment(self._last_dts)
+            self._next_discontinuity = True
+        self._source = (video, audio)
+        self._tracks = []
+        self._track_versions = ()
+        self._last_dts = -1
+        self._waiting_keyframe = True
+        self.ended = False
+        self.live = True
+
+    def detach(self) -> None:
+        """The publisher left: finish the open segment and end the playlist."""
+        self._close_segment(self._last_dts)
+        self.ended = True
+        self.live = False
+        self.ended_at = time.monotonic()
+        self._notify()
+
+    # ----- hub subscriber ---------------------------------------------------------------
+
+    def on_packet(self, packet: Packet) -> None:
+        try:
+            self._on_packet(packet)
+        except fmp4.Fmp4Error as exc:
+            # Bad media must not take the stream down: drop the open part and resynchronise.
+            self.stats.errors += 1
+            log.warning("event=hls_fragment_error stream=%s/%s error=%s", self.app, self.name, exc)
+            self._pending = [[] for _ in self._tracks]
+            self._waiting_keyframe = True
+
+    def on_stream_end(self) -> None:
+        self.detach()
+
+    def _on_packet(self, packet: Packet) -> None:
+        if packet.is_config or packet.kind is TrackKind.DATA or self._source is None:
+            return
+        if self._track_versions != self._source_versions():
+            self._reconfigure()
+        if not self._tracks:
+            return
+        track_index = self._track_index(packet)
+        if track_index < 0:
+            return
+        dts = packet.dts + self._offset
+        if self._last_dts >= 0 and (dts < self._last_dts - 1000 or dts > self._last_dts + _MAX_JUMP_MS):
+            # A timestamp jump or rollback: cut here and carry the timeline on from where it was.
+            log.info("event=hls_timestamp_jump stream=%s/%s from=%d to=%d", self.app, self.name, self._last_dts, dts)
+            self._close_segment(self._last_dts)
+            self._offset += self._last_dts + self._last_video_delta - dts
+            dts = packet.dts + self._offset
+            self._next_discontinuity = True
+            self._waiting_keyframe = True
+        elif self._last_dts < 0 and self._timeline_end:
+            # First packet of a new publisher: continue the timeline after the previous one.
+            self._offset = self._timeline_end - packet.dts
+            dts = packet.dts + self._offset
+        is_video = packet.kind is TrackKind.VIDEO
+        if self._waiting_keyframe:
+            if self._has_video and not (is_video and packet.keyframe):
+                return
+            self._waiting_keyframe = False
+            if self.current is not None:
+                self._close_segment(dts)
+            self._start_segment(dts)
+        elif is_video or not self._has_video:
+            self._maybe_cut(dts, (is_video and packet.keyframe) or not self._has_video)
+        if is_video and self._last_dts >= 0 and dts > self._last_dts:
+            self._last_video_delta = dts - self._last_dts
+        if self._offset:
+            packet = dataclasses.replace(packet, dts=dts, pts=packet.pts + self._offset, wire=None)
+        self._pending[track_index].append(packet)
+        if is_video or not self._has_video:
+            self._last_dts = max(self._last_dts, dts)
+        elif self._last_dts < 0:
+            self._last_dts = dts
+
+    def _source_versions(self) -> tuple[int, ...]:
+        assert self._source is not None
+        return tuple(t.version for t in self._source)
+
+    def _track_index(self, packet: Packet) -> int:
+        for index, track in enumerate(self._tracks):
+            if track.kind is packet.kind and track.codec is packet.codec:
+                return index
+        return -1
+
+    def _reconfigure(self) -> None:
+        """New or changed codec configuration: a new init segment and a discontinuity."""
+        assert self._source is not None
+        video, audio = self._source
+        tracks: list[TrackInfo] = []
+        if video.codec in _HLS_VIDEO and video.config:
+            tracks.append(dataclasses.replace(video))
+        if audio.codec in _HLS_AUDIO and audio.config:
+            tracks.append(dataclasses.replace(audio))
+        self._track_versions = self._source_versions()
+        if not tracks:
+            return
+        if self.current is not None:
+            self._close_segment(self._last_dts)
+            self._next_discontinuity = True
+        self._tracks = tracks
+        self._has_video = tracks[0].kind is TrackKind.VIDEO
+        self._pending = [[] for _ in tracks]
+        self.init_id += 1
+        self.inits[self.init_id] = fmp4.init_segment(tracks)
+        self._waiting_keyframe = True
+        log.info(
+            "event=hls_init stream=%s/%s init=%d codecs=%s",
+            self.app,
+            self.name,
+            self.init_id,
+            ",".join(self.codecs()),
+        )
+
+    def codecs(self) -> list[str]:
+        return [fmp4.codec_string(t) for t in self._tracks]
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        for track in self._tracks:
+            if track.kind is TrackKind.VIDEO:
+                return track.width, track.height
+        return 0, 0
+
+    # ----- cutting ----------------------------------------------------------------------
+
+    def _maybe_cut(self, dts: int, keyframe: bool) -> None:
+        segment = self.current
+        if segment is None:
+            self._start_segment(dts)
+            return
+        target_ms = self.settings.segment_duration * 1000
+        if keyframe and dts - self._segment_start >= target_ms * 0.9:
+            self._close_segment(dts)
+            self._start_segment(dts)
+            return
+        step = self._last_video_delta if self._has_video else 0
+        # Parts must not exceed PART-TARGET: close before a frame that would overrun it.
+        if dts + step - self._part_start > self.settings.part_duration * 1000 - 1:
+            self._close_part(dts)
+
+    def _start_segment(self, dts: int) -> None:
+        segment = Segment(self._next_msn, self.init_id, time.time(), self._next_discontinuity)
+        self._next_msn += 1
+        self._next_discontinuity = False
+        self.current = segment
+        self._segment_start = dts
+        self._part_start = dts
+
+    def _close_part(self, end_dts: int) -> None:
+        segment = self.current
+        if segment is None:
+            return
+        if not any(self._pending):
+            return
+        started = time.perf_counter()
+        fragments: list[tuple[int, int, list[fmp4.Sample]]] = []
+        for index, packets in enumerate(self._pending):
+            if not packets:
+                continue
+            track = self._tracks[index]
+            timescale = fmp4.track_timescale(track)
+            last = packets[-1]
+            last_duration: int | None = None
+            if track.kind is TrackKind.VIDEO and end_dts > last.dts:
+                last_duration = fmp4.ms_to_timescale(end_dts, timescale) - fmp4.ms_to_timescale(last.dts, timescale)
+            elif track.codec is Codec.AAC and timescale == track.sample_rate:
+                # An AAC frame is 1024 samples, and the audio timescale is the sample rate.
+                last_duration = 1024
+            if len(packets) == 1 and last_duration is None:
+                last_duration = fmp4.ms_to_timescale(max(end_dts - last.dts, 1), timescale)
+            base, samples = fmp4.packets_to_samples(packets, timescale, last_duration)
+            fragments.append((index + 1, base, samples))
+        data = fmp4.media_segment(self._fragment_sequence, fragments)
+        self._fragment_sequence += 1
+        independent = bool(self._pending[0]) and self._pending[0][0].keyframe
+        duration = max(end_dts - self._part_start, 0) / 1000
+        segment.parts.append(Part(len(segment.parts), duration, independent, data))
+        segment.duration += duration
+        self._pending = [[] for _ in self._tracks]
+        self._part_start = end_dts
+        elapsed = time.perf_counter() - started
+        self.stats.parts += 1
+        self.stats.fragment_seconds += elapsed
+        self.stats.fragment_max_seconds = max(self.stats.fragment_max_seconds, elapsed)
+        self._notify()
+
+    def _close_segment(self, end_dts: int) -> None:
+        segment = self.current
+        if segment is None:
+            return
+        if end_dts <= self._part_start and any(self._pending):
+            # The last part's length is unknown (stream end): give it one frame.
+            end_dts = self._part_start + self._last_video_delta
+        self._close_part(end_dts)
+        self.current = None
+        if not segment.parts:
+            return
+        data = b"".join(bytes(p.data) for p in segment.parts)
+        view = memoryview(data)
+        offset = 0
+        for part in segment.parts:
+            size = len(part.data)
+            part.data = view[offset : offset + size]
+            offset += size
+        segment.data = data
+        self.segments.append(segment)
+        self._timeline_end = end_dts
+        self.max_segment_duration = max(self.max_segment_duration, segment.duration)
+        while len(self.segments) > self.settings.window:
+            dropped = self.segments.popleft()
+            if dropped.discontinuity:
+                self.discontinuity_sequence += 1
+            if dropped.init_id not in {s.init_id for s in self.segments} and (
+                self.current is None or self.current.init_id != dropped.init_id
+            ):
+                self.inits.pop(dropped.init_id, None)
+        self.stats.segments += 1
+        self._notify()
+
+    # ----- readers ----------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def last_msn(self) -> int:
+        """The sequence number of the newest segment, complete or in progress (-1 if none)."""
+        if self.current is not None:
+            return self.current.msn
+        if self.segments:
+            return self.segments[-1].msn
+        return -1
+
+    def find_segment(self, msn: int) -> Segment | None:
+        if self.current is not None and self.current.msn == msn:
+            return self.current
+        if not self.segments:
+            return None
+        index = msn - self.segments[0].msn
+        if 0 <= index < len(self.segments):
+            return self.segments[index]
+        return None
+
+    def has_part(self, msn: int, part: int) -> bool:
+        segment = self.find_segment(msn)
+        if segment is None:
+            # Past the newest segment: not there yet; before the window: gone.
+            return bool(self.segments) and msn < self.segments[0].msn
+        return part < len(segment.parts) or segment.complete
+
+    def has_segment(self, msn: int) -> bool:
+        segment = self.find_segment(msn)
+        if segment is None:
+            return bool(self.segments) and msn < self.segments[0].msn
+        return segment.complete
+
+    def memory_bytes(self) -> int:
+        total = sum(len(init) for init in self.inits.values())
+        total += sum(s.size for s in self.segments)
+        if self.current is not None:
+            total += self.current.size
+        total += sum(len(p.flv) for packets in self._pending for p in packets)
+        return total

@@ -1,0 +1,305 @@
+"""HLS service: one segmenter per live stream, and the HTTP handlers that serve them from memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from control.errors import error_response
+from mediaserver.hls import playlist
+from mediaserver.hls.segmenter import HlsSettings, HlsStream, SegmenterStats
+from mediaserver.hub import Hub, Stream
+
+log = logging.getLogger("mediaserver.hls")
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+IMMUTABLE = "public, max-age=31536000, immutable"
+_FILE = re.compile(r"^(?:init-(\d{1,9})\.mp4|seg-(\d{1,19})\.m4s|part-(\d{1,19})-(\d{1,4})\.m4s)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# A viewer counts as watching while it made a request this recently.
+_VIEWER_WINDOW = 30.0
+
+
+class HlsService:
+    def __init__(self, hub: Hub, settings: HlsSettings, registry: CollectorRegistry, grace_seconds: float) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.grace_seconds = grace_seconds
+        self.streams: dict[str, HlsStream] = {}
+        self.stats = SegmenterStats()
+        self._viewers: dict[tuple[str, str, str], float] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.playlist_requests = Counter(
+            "mediaserver_hls_playlist_requests", "Playlist requests", ["blocking"], registry=registry
+        )
+        self.blocked_wait = Histogram(
+            "mediaserver_hls_blocking_wait_seconds",
+            "How long blocking playlist and part requests waited",
+            ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 4.0, 8.0),
+            registry=registry,
+        )
+        self.bytes_served = Counter("mediaserver_hls_sent_bytes", "HLS bytes served", ["kind"], registry=registry)
+        self.request_errors = Counter(
+            "mediaserver_hls_request_errors", "HLS requests refused", ["status"], registry=registry
+        )
+        registry.register(_HlsCollector(self))
+        hub.add_listener(self._on_hub_event)
+
+    # ----- lifecycle --------------------------------------------------------------------
+
+    def _on_hub_event(self, event: str, stream: Stream) -> None:
+        if event != "stream_started":
+            return
+        hls = self.streams.get(stream.key)
+        if hls is None:
+            hls = HlsStream(stream.app, stream.name, self.settings, self.stats)
+            self.streams[stream.key] = hls
+        hls.attach(stream.video, stream.audio)
+        stream.subscribe(hls)
+
+    def start(self) -> None:
+        if self._housekeeping is None:
+            self._housekeeping = asyncio.get_running_loop().create_task(self._run_housekeeping())
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
+
+    async def _run_housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for key, hls in list(self.streams.items()):
+                if hls.ended and now - hls.ended_at > self.grace_seconds:
+                    del self.streams[key]
+                    log.info("event=hls_stream_removed stream=%s", key)
+            self._prune_viewers(now)
+
+    def _prune_viewers(self, now: float) -> None:
+        for viewer, seen in list(self._viewers.items()):
+            if now - seen > _VIEWER_WINDOW:
+                del self._viewers[viewer]
+
+    def viewer_counts(self) -> dict[str, int]:
+        self._prune_viewers(time.monotonic())
+        counts: dict[str, int] = {}
+        for key, _, _ in self._viewers:
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    # ----- HTTP -------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/hls/{app}/{name}/index.m3u8", self.handle_playlist),
+            web.get("/hls/{app}/{name}/{file}", self.handle_file),
+            web.options("/hls/{app}/{name}/{file}", self.handle_options),
+        ]
+
+    def _stream(self, request: web.Request) -> HlsStream | None:
+        return self.streams.get(f"{request.match_info['app']}/{request.match_info['name']}")
+
+    def _error(self, status: int, code: str, message: str) -> web.Response:
+        self.request_errors.labels(str(status)).inc()
+        response = error_response(status, code, message)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    async def handle_options(self, request: web.Request) -> web.Response:
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": "*",
+                "Access-Control-Allow-Methods": "GET, OPTIONS",
+                "Access-Control-Allow-Headers": "Range",
+                "Access-Control-Max-Age": "86400",
+            },
+        )
+
+    async def handle_playlist(self, request: web.Request) -> web.Response:
+        stream = self._stream(request)
+        if stream is None:
+            return self._error(404, "stream_not_found", "no HLS stream with that name")
+        query = request.query
+        try:
+            msn = _query_int(query.get("_HLS_msn"))
+            part = _query_int(query.get("_HLS_part"))
+        except ValueError:
+            return self._error(400, "bad_request", "_HLS_msn and _HLS_part must be non-negative integers")
+        skip_value = query.get("_HLS_skip")
+        if skip_value not in (None, "YES", "v2"):
+            return self._error(400, "bad_request", "_HLS_skip must be YES or v2")
+        if part is not None and msn is None:
+            return self._error(400, "bad_request", "_HLS_part requires _HLS_msn")
+        self._viewers[(stream.app + "/" + stream.name, request.remote or "", request.headers.get("User-Agent", ""))] = (
+            time.monotonic()
+        )
+        self.playlist_requests.labels("yes" if msn is not None else "no").inc()
+        if msn is not None:
+            if msn > stream.last_msn + 2:
+                return self._error(400, "too_far_ahead", "the requested segment is too far in the future")
+            started = time.monotonic()
+            timeout = 3 * playlist.target_duration(stream)
+            while not stream.ended and not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
+                remaining = started + timeout - time.monotonic()
+                if remaining <= 0 or not await stream.wait_change(remaining):
+                    if not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
+                        self.blocked_wait.labels("playlist").observe(time.monotonic() - started)
+                        return self._error(503, "not_ready", "the requested part did not arrive in time")
+                    break
+            self.blocked_wait.labels("playlist").observe(time.monotonic() - started)
+        body = playlist.render(stream, skip=skip_value is not None)
+        response = web.Response(
+            text=body,
+            content_type=PLAYLIST_TYPE,
+            headers={
+                "Cache-Control": "public, max-age=2" if msn is not None else "no-cache",
+                "Access-Control-Allow-Origin": "*",
+            },
+        )
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()
+        self.bytes_served.labels("playlist").inc(len(body))
+        return response
+
+    async def handle_file(self, request: web.Request) -> web.Response:
+        stream = self._stream(request)
+        if stream is None:
+            return self._error(404, "stream_not_found", "no HLS stream with that name")
+        match = _FILE.match(request.match_info["file"])
+        if match is None:
+            return self._error(404, "not_found", "no such HLS resource")
+        init_id, seg_msn, part_msn, part_index = match.groups()
+        if init_id is not None:
+            init = stream.inits.get(int(init_id))
+            if init is None:
+                return self._error(404, "not_found", "init segment not available")
+            return self._media(request, init, "init")
+        if seg_msn is not None:
+            segment = stream.find_segment(int(seg_msn))
+            if segment is None or segment.data is None:
+                return self._error(404, "not_found", "segment not available")
+            return self._media(request, segment.data, "segment")
+        msn, index = int(part_msn), int(part_index)
+        found = await self._wait_part(stream, msn, index)
+        if found is None:
+            return self._error(404, "not_found", "part not available")
+        return self._media(request, found, "part")
+
+    async def _wait_part(self, stream: HlsStream, msn: int, index: int) -> bytes | memoryview | None:
+        """A part, waiting for it when it is the one announced by the preload hint."""
+        started = time.monotonic()
+        timeout = 3 * playlist.target_duration(stream)
+        while True:
+            segment = stream.find_segment(msn)
+            if segment is not None and index < len(segment.parts):
+                if time.monotonic() - started > 0.001:
+                    self.blocked_wait.labels("part").observe(time.monotonic() - started)
+                return segment.parts[index].data
+            current = stream.current
+            is_next = (current is not None and current.msn == msn and index == len(current.parts)) or (
+                msn == stream.last_msn + 1 and index == 0
+            )
+            if stream.ended or not is_next:
+                return None
+            remaining = started + timeout - time.monotonic()
+            if remaining <= 0 or not await stream.wait_change(remaining):
+                return None
+
+    def _media(self, request: web.Request, data: bytes | memoryview, kind: str) -> web.Response:
+        headers = {
+            "Cache-Control": IMMUTABLE,
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Expose-Headers": "Content-Length, Content-Range",
+            "Accept-Ranges": "bytes",
+        }
+        content_type = "video/mp4" if kind == "init" else "video/iso.segment"
+        total = len(data)
+        range_header = request.headers.get("Range")
+        if range_header is not None:
+            parsed = _parse_range(range_header, total)
+            if parsed is None:
+                response = self._error(416, "range_not_satisfiable", "bad or unsatisfiable Range")
+                response.headers["Content-Range"] = f"bytes */{total}"
+                return response
+            start, end = parsed
+            headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+            body = bytes(memoryview(data)[start : end + 1])
+            self.bytes_served.labels(kind).inc(len(body))
+            return web.Response(status=206, body=body, content_type=content_type, headers=headers)
+        self.bytes_served.labels(kind).inc(total)
+        return web.Response(body=data, content_type=content_type, headers=headers)
+
+
+def _query_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 19:
+        raise ValueError(value)
+    return int(value)
+
+
+def _parse_range(header: str, total: int) -> tuple[int, int] | None:
+    match = _RANGE.match(header.strip())
+    if match is None or total == 0:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:
+        length = int(last)
+        if length == 0:
+            return None
+        return max(total - length, 0), total - 1
+    start = int(first)
+    end = int(last) if last else total - 1
+    if start >= total or end < start:
+        return None
+    return start, min(end, total - 1)
+
+
+class _HlsCollector(Collector):
+    def __init__(self, service: HlsService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._service.stats
+        yield CounterMetricFamily("mediaserver_hls_segments", "HLS segments produced", value=stats.segments)
+        yield CounterMetricFamily("mediaserver_hls_parts", "LL-HLS parts produced", value=stats.parts)
+        yield CounterMetricFamily(
+            "mediaserver_hls_fragment_errors", "Fragments dropped for bad media", value=stats.errors
+        )
+        yield CounterMetricFamily(
+            "mediaserver_hls_fragment_build_seconds",
+            "Time spent building fMP4 fragments",
+            value=stats.fragment_seconds,
+        )
+        yield GaugeMetricFamily(
+            "mediaserver_hls_fragment_build_max_seconds",
+            "Longest single fragment build",
+            value=stats.fragment_max_seconds,
+        )
+        streams = list(self._service.streams.values())
+        yield GaugeMetricFamily("mediaserver_hls_streams", "Streams with an HLS playlist", value=len(streams))
+        memory = GaugeMetricFamily("mediaserver_hls_memory_bytes", "Bytes held for HLS, per stream", labels=["stream"])
+        for hls in streams:
+            memory.add_metric([f"{hls.app}/{hls.name}"], hls.memory_bytes())
+        yield memory
+        viewers = GaugeMetricFamily("mediaserver_hls_viewers", "Distinct recent HLS clients", labels=["stream"])
+        for key, count in self._service.viewer_counts().items():
+            viewers.add_metric([key], count)
+        yield viewers
