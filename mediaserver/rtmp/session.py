@@ -587,14 +587,18 @@ class RtmpSession(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self._skip_to_keyframe:
-            if not packet.keyframe or packet.kind is not TrackKind.VIDEO:
-                if not packet.is_config and packet.kind is not TrackKind.DATA:
-                    self.ctx.hub.drops.add("slow_player")
-                    return
-            else:
-                self._skip_to_keyframe = False
-        if transport.get_write_buffer_size() > self.ctx.config.player_max_buffer and not packet.is_config:
+        media = not packet.is_config and packet.kind is not TrackKind.DATA
+        if self._skip_to_keyframe and media:
+            # Resume on a video keyframe; an audio-only stream resumes on any audio frame.
+            playing = self.playing
+            resumes = packet.keyframe and (
+                packet.kind is TrackKind.VIDEO or (playing is not None and playing.video_config is None)
+            )
+            if not resumes:
+                self.ctx.hub.drops.add("slow_player")
+                return
+            self._skip_to_keyframe = False
+        if media and transport.get_write_buffer_size() > self.ctx.config.player_max_buffer:
             # The player cannot keep up: drop until the next keyframe rather than queue without bound.
             self._skip_to_keyframe = True
             self.ctx.hub.drops.add("slow_player")
