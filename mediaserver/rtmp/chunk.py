@@ -76,7 +76,11 @@ class ChunkReader:
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.max_message_size = max_message_size
         self.bytes_received = 0
-        self._pending = b""
+        self._pending = bytearray()
+        # Bytes the parser needs in `_pending` before it can make progress.
+        self._need = 1
+        # Bytes held in partial messages across all chunk streams.
+        self._partial_bytes = 0
         self._streams: dict[int, _ChunkStream] = {}
 
     def set_chunk_size(self, size: int) -> None:
@@ -87,25 +91,35 @@ class ChunkReader:
 
     def abort(self, csid: int) -> None:
         stream = self._streams.get(csid)
-        if stream is not None:
+        if stream is not None and stream.partial is not None:
+            self._partial_bytes -= len(stream.partial)
             stream.partial = None
             stream.received = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         self.bytes_received += len(data)
-        if self._pending:
-            buf: bytes = self._pending + bytes(data)
-        else:
-            buf = bytes(data)
         messages: list[Message] = []
+        if not self._pending:
+            buf = data if isinstance(data, bytes) else bytes(data)
+            pos = self._parse(buf, messages)
+            if pos < len(buf):
+                self._pending = bytearray(buf[pos:])
+            return messages
+        # Accumulate until the chunk that stopped the parser is complete: re-parsing a
+        # large chunk on every small read would cost quadratic time.
+        self._pending += data
+        if len(self._pending) < self._need:
+            return messages
+        buf = bytes(self._pending)
         pos = self._parse(buf, messages)
-        self._pending = buf[pos:] if pos < len(buf) else b""
+        self._pending = bytearray(buf[pos:])
         return messages
 
     def _parse(self, buf: bytes, out: list[Message]) -> int:
         end = len(buf)
         pos = 0
         streams = self._streams
+        self._need = 1
         while pos < end:
             # Basic header: 1, 2 or 3 bytes.
             b0 = buf[pos]
@@ -172,6 +186,7 @@ class ChunkReader:
             received = stream.received if continuing else 0
             take = min(self.chunk_size, length - received)
             if p + take > end:
+                self._need = p + take - pos
                 break
             # The whole chunk is available: commit the header.
             if not continuing:
@@ -195,14 +210,20 @@ class ChunkReader:
                 complete = Message(csid, type_id, stream_id, stream.timestamp, buf[p : p + take])
             else:
                 if not continuing:
-                    stream.partial = bytearray(length)
+                    # Grown as chunks arrive, never allocated from the declared length, so
+                    # memory follows what the peer actually sent.
+                    stream.partial = bytearray()
                     stream.received = 0
                 partial = stream.partial
                 assert partial is not None
-                partial[received : received + take] = buf[p : p + take]
+                self._partial_bytes += take
+                if self._partial_bytes > 2 * self.max_message_size:
+                    raise ChunkError("buffer_limit", "too many bytes held in unfinished messages")
+                partial += buf[p : p + take]
                 stream.received = received + take
                 if stream.received == length:
                     complete = Message(csid, type_id, stream.stream_id, stream.timestamp, partial)
+                    self._partial_bytes -= length
                     stream.partial = None
                     stream.received = 0
             pos = p + take

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -84,8 +85,11 @@ def metadata_packet(values: dict[str, Any], timestamp: int = 0) -> Packet:
 
 
 def _number(values: dict[str, Any], key: str) -> float:
+    """A finite, non-negative metadata number, or 0: encoders send NaN and worse."""
     value = values.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return min(float(value), 1e9)
+    return 0.0
 
 
 class RtmpSession(asyncio.Protocol):
