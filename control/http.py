@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control.errors import error_response, json_errors
+from control.web import default_web_dir, static_cache_headers, web_routes
 from mediaserver.hub import Hub
 from mediaserver.metrics import Metrics
 
@@ -44,4 +45,6 @@ def create_app(hub: Hub, metrics_: Metrics, extra_routes: list[web.RouteDef] | N
     app.router.add_get("/api/v1/streams", list_streams)
     app.router.add_get("/api/v1/streams/{app}/{name}", get_stream)
     app.router.add_routes(extra_routes or [])
+    app.router.add_routes(web_routes(default_web_dir()))
+    app.on_response_prepare.append(static_cache_headers)
     return app

@@ -43,7 +43,13 @@ def render(stream: HlsStream, skip: bool = False) -> str:
     segments: list[Segment] = list(stream.segments)
     if stream.current is not None and stream.current.parts:
         segments.append(stream.current)
-    first_msn = segments[0].msn if segments else stream.last_msn + 1
+    if segments:
+        first_msn = segments[0].msn
+    elif stream.current is not None:
+        # The first segment has begun but has no part yet: it is the one the preload hint names.
+        first_msn = stream.current.msn
+    else:
+        first_msn = stream.last_msn + 1
     lines.append(f"#EXT-X-MEDIA-SEQUENCE:{first_msn}")
     if stream.discontinuity_sequence:
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{stream.discontinuity_sequence}")

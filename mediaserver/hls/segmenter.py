@@ -130,12 +130,22 @@ class HlsStream:
         self.live = True
 
     def detach(self) -> None:
-        """The publisher left: finish the open segment and end the playlist."""
+        """The publisher left: finish the open segment; `end()` ends the playlist once no publisher came back.
+
+        Until then the playlist stays live (no EXT-X-ENDLIST, the preload hint names the next segment's first
+        part), so players wait across a camera's reconnect: a playlist that has carried EXT-X-ENDLIST must not
+        change again (RFC 8216 6.2.1), and hls.js stops reloading it for good.
+        """
         self._close_segment(self._last_dts)
-        self.ended = True
         self.live = False
         self.ended_at = time.monotonic()
         self._notify()
+
+    def end(self) -> None:
+        """No publisher since `detach()`: end the playlist (EXT-X-ENDLIST) and wake blocked readers."""
+        if not self.live and not self.ended:
+            self.ended = True
+            self._notify()
 
     # ----- hub subscriber ---------------------------------------------------------------
 

@@ -83,6 +83,12 @@ class HlsService:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for key, hls in list(self.streams.items()):
+                # A publisher that has not come back within HOLD-BACK (3 target durations, also the longest a
+                # blocking request waits) ends the playlist; a reconnect before that continues it.
+                reconnect_window = min(self.grace_seconds, 3 * playlist.target_duration(hls))
+                if not hls.live and not hls.ended and now - hls.ended_at >= reconnect_window:
+                    hls.end()
+                    log.info("event=hls_stream_ended stream=%s", key)
                 if hls.ended and now - hls.ended_at > self.grace_seconds:
                     del self.streams[key]
                     log.info("event=hls_stream_removed stream=%s", key)
@@ -149,7 +155,17 @@ class HlsService:
             time.monotonic()
         )
         self.playlist_requests.labels("yes" if msn is not None else "no").inc()
-        if msn is not None:
+        if msn is None and not stream.segments:
+            # A stream that has just gone live has no complete segment yet: answer once it has one rather than
+            # with a playlist of parts only (hls.js counts only whole segments, takes that as levelEmptyError
+            # and asks again only after its retry delay).
+            started = time.monotonic()
+            timeout = 3 * playlist.target_duration(stream)
+            while not stream.ended and not stream.segments:
+                remaining = started + timeout - time.monotonic()
+                if remaining <= 0 or not await stream.wait_change(remaining):
+                    break
+        elif msn is not None:
             if msn > stream.last_msn + 2:
                 return self._error(400, "too_far_ahead", "the requested segment is too far in the future")
             started = time.monotonic()
