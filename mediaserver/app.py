@@ -11,19 +11,26 @@ from aiohttp import web
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
 from control.http import create_app
+from control.plane import ControlPlane
 from mediaserver.auth import AllowAll, Authorizer, StaticKeys
 from mediaserver.config import Config
 from mediaserver.hls.segmenter import HlsSettings
 from mediaserver.hls.service import HlsService
 from mediaserver.hub import Hub
+from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
 from mediaserver.rtmp.server import start_rtmp, tls_context
 from mediaserver.rtmp.session import RtmpContext
+from mediaserver.webrtc.service import WebrtcService
 
 log = logging.getLogger("mediaserver")
 
 
-def make_authorizer(config: Config) -> Authorizer:
+def make_authorizer(config: Config, control: ControlPlane | None = None) -> Authorizer:
+    if config.auth.publish_mode == "database":
+        if control is None:
+            raise ValueError("publish_mode 'database' needs the control plane (api.enabled)")
+        return control.authorizer
     if config.auth.publish_mode == "static":
         return StaticKeys(config.auth.publish_keys, config.auth.play_keys)
     if config.auth.play_keys:
@@ -38,7 +45,9 @@ class MediaServer:
         self.metrics = Metrics(self.hub)
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.metrics.registry.register(collector)
-        self.authorizer = authorizer or make_authorizer(config)
+        # The control plane (store, REST API, database authorizer) unless api.enabled = false.
+        self.control = ControlPlane(config, self.hub) if config.api.enabled else None
+        self.authorizer = authorizer or make_authorizer(config, self.control)
         self.rtmp_context = RtmpContext(config.rtmp, self.hub, self.authorizer, self.metrics)
         self._servers: list[asyncio.Server] = []
         self._runner: web.AppRunner | None = None
@@ -48,13 +57,27 @@ class MediaServer:
             settings = HlsSettings(config.hls.segment_duration, config.hls.part_duration, config.hls.window)
             self.hls = HlsService(self.hub, settings, self.metrics.registry, config.hls.grace_seconds)
             routes.extend(self.hls.routes())
+        self.loop_lag = LoopLagMonitor(self.metrics.registry)
+        self.webrtc: WebrtcService | None = None
+        if config.webrtc.enabled:
+            self.webrtc = WebrtcService(
+                self.hub, config.webrtc, self.metrics.registry, self.authorizer, self.metrics.traffic
+            )
+            routes.extend(self.webrtc.routes())
         self.http_app = create_app(self.hub, self.metrics, routes)
+        if self.control is not None:
+            self.control.install(self.http_app)
 
     async def start(self) -> None:
         Path(self.config.server.data_dir).mkdir(parents=True, exist_ok=True)
+        if self.control is not None:
+            await self.control.start()
         self.hub.start()
         if self.hls is not None:
             self.hls.start()
+        self.loop_lag.start()
+        if self.webrtc is not None:
+            self.webrtc.start()
         rtmp = self.config.rtmp
         self._servers.append(await start_rtmp(self.rtmp_context, rtmp.host, rtmp.port))
         rtmps = self.config.rtmps
@@ -70,6 +93,9 @@ class MediaServer:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self.webrtc is not None:
+            await self.webrtc.stop()
+        await self.loop_lag.stop()
         await self.hub.stop()
         if self.hls is not None:
             await self.hls.stop()
@@ -79,6 +105,8 @@ class MediaServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.control is not None:
+            await self.control.stop()
 
     async def run_forever(self) -> None:
         await self.start()

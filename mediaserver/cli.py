@@ -28,7 +28,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.server.log_level, config.server.log_format)
     _install_uvloop()
-    asyncio.run(MediaServer(config).run_forever())
+    from control.store import StoreError
+
+    try:
+        asyncio.run(MediaServer(config).run_forever())
+    except (ConfigError, StoreError) as exc:
+        print(f"mediaserver: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -51,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", "-c", help="TOML configuration file")
     check.set_defaults(func=cmd_check_config)
+    from control.cli import add_control_commands
+
+    add_control_commands(commands)
     return parser
 
 

@@ -87,11 +87,99 @@ class HlsConfig:
 
 @dataclass(slots=True)
 class AuthConfig:
-    # "open": anyone may publish; "static": the stream name (or its ?key= parameter) must be in publish_keys.
+    # "open": anyone may publish; "static": the stream name (or its ?key= parameter) must be in publish_keys;
+    # "database": the stream key must belong to an enabled camera of the control plane.
     publish_mode: str = "open"
     publish_keys: list[str] = field(default_factory=list)
     # When non-empty, players must present one of these as the stream's ?key= parameter.
     play_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class DatabaseConfig:
+    # Empty: the embedded SQLite file <data_dir>/mediaserver.db. Otherwise an SQLAlchemy URL such as
+    # mysql+asyncmy://user:password@host:3306/mediaserver (MySQL/MariaDB).
+    url: str = ""
+    pool_size: int = 10
+    max_overflow: int = 20
+    # Seconds after which a pooled connection is replaced (keep below the server's wait_timeout).
+    pool_recycle: int = 3600
+    # Apply migrations on `serve` for a non-embedded database (the embedded SQLite always migrates).
+    auto_migrate: bool = False
+
+
+@dataclass(slots=True)
+class AuthApiConfig:
+    # HS256 (shared secret) or RS256/ES256 (key pair files).
+    jwt_algorithm: str = "HS256"
+    # HS256 secret. Empty on the embedded database: generated once into <data_dir>/jwt_secret (mode 0600).
+    jwt_secret: str = ""
+    jwt_private_key_file: str = ""
+    jwt_public_key_file: str = ""
+    jwt_issuer: str = "mediaserver"
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 1209600
+    # Lifetime of the signed play tokens in playback URLs.
+    play_token_ttl: int = 300
+    # argon2id cost parameters for password hashes.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+    min_password_length: int = 10
+
+
+@dataclass(slots=True)
+class RedisConfig:
+    # Empty: rate limits are kept in process. Otherwise e.g. redis://127.0.0.1:6379/0.
+    url: str = ""
+    key_prefix: str = "mediaserver:"
+
+
+@dataclass(slots=True)
+class ApiConfig:
+    # The control plane: REST API under /api/v1 backed by the database.
+    enabled: bool = True
+    # Base URL put in playback links (e.g. https://media.example.com); empty: taken from the request.
+    public_url: str = ""
+    # Host put in RTMP publish URLs; empty: the host of the request (or 127.0.0.1 for the CLI).
+    rtmp_public_host: str = ""
+    # RTMP application that cameras publish to.
+    publish_app: str = "live"
+    max_body_bytes: int = 1048576
+    # Origins allowed to call the API from a browser ("*" for any); empty: no CORS headers.
+    cors_origins: list[str] = field(default_factory=list)
+    # Requests per rate_window seconds.
+    login_rate_per_ip: int = 20
+    login_rate_per_username: int = 10
+    rate_per_token: int = 1200
+    rate_window: float = 60.0
+    # Seconds a stream key lookup stays cached by the publish authorizer (changes made here invalidate at once).
+    authorizer_cache_ttl: float = 30.0
+
+
+@dataclass(slots=True)
+class WebrtcConfig:
+    # WHEP playback (/whep/<app>/<stream>), WHIP ingest (/whip/<app>/<stream>) and the player at /webrtc/<app>/<stream>.
+    enabled: bool = True
+    # Addresses to offer as ICE host candidates (and bind on); empty: every interface address aioice finds
+    # (it leaves 127.0.0.1 out, so a loopback set-up must list it).
+    host_addresses: list[str] = field(default_factory=list)
+    # UDP ports for ICE host candidates, one per session (0/0: ephemeral ports).
+    udp_port_min: int = 0
+    udp_port_max: int = 0
+    # STUN/TURN URLs (stun:host:port, turn:host:port?transport=udp|tcp, turns:host:port?transport=tcp).
+    ice_servers: list[str] = field(default_factory=list)
+    turn_username: str = ""
+    turn_credential: str = ""
+    # WHEP and WHIP sessions together; more are refused with 503.
+    max_sessions: int = 200
+    # Seconds a session may stay unconnected, disconnected, silent or without its stream before it is closed.
+    session_timeout: float = 10.0
+    # Seconds between keyframe requests (PLI) sent to WHIP publishers (0: only when frames are lost).
+    whip_keyframe_interval: float = 2.0
+    # Opus bitrate of the AAC -> Opus transcoder (WHEP) and AAC bitrate of the Opus -> AAC one (WHIP), bit/s.
+    opus_bitrate: int = 64000
+    aac_bitrate: int = 128000
 
 
 @dataclass(slots=True)
@@ -103,10 +191,29 @@ class Config:
     hub: HubConfig = field(default_factory=HubConfig)
     hls: HlsConfig = field(default_factory=HlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    auth_api: AuthApiConfig = field(default_factory=AuthApiConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    webrtc: WebrtcConfig = field(default_factory=WebrtcConfig)
 
     def validate(self) -> None:
-        if self.auth.publish_mode not in ("open", "static"):
-            raise ConfigError(f"auth.publish_mode must be 'open' or 'static', not {self.auth.publish_mode!r}")
+        if self.auth.publish_mode not in ("open", "static", "database"):
+            raise ConfigError(
+                f"auth.publish_mode must be 'open', 'static' or 'database', not {self.auth.publish_mode!r}"
+            )
+        if self.auth.publish_mode == "database" and not self.api.enabled:
+            raise ConfigError("auth.publish_mode = 'database' needs api.enabled = true")
+        if self.auth_api.jwt_algorithm not in ("HS256", "RS256", "ES256"):
+            raise ConfigError("auth_api.jwt_algorithm must be HS256, RS256 or ES256")
+        if self.auth_api.jwt_algorithm != "HS256" and not (
+            self.auth_api.jwt_private_key_file and self.auth_api.jwt_public_key_file
+        ):
+            raise ConfigError("auth_api.jwt_private_key_file and jwt_public_key_file are needed for RS256/ES256")
+        if min(self.auth_api.access_token_ttl, self.auth_api.refresh_token_ttl, self.auth_api.play_token_ttl) < 1:
+            raise ConfigError("auth_api token lifetimes must be positive")
+        if self.api.rate_window <= 0 or min(self.database.pool_size, self.api.max_body_bytes) < 1:
+            raise ConfigError("api.rate_window, api.max_body_bytes and database.pool_size must be positive")
         if self.server.log_format not in ("text", "json"):
             raise ConfigError("server.log_format must be 'text' or 'json'")
         if not 128 <= self.rtmp.out_chunk_size <= 16 * 1024 * 1024:
@@ -117,6 +224,18 @@ class Config:
             raise ConfigError("hls.part_duration must be within 0.1 s and half of hls.segment_duration")
         if not 1 <= self.hls.segment_duration <= 30 or not 2 <= self.hls.window <= 100:
             raise ConfigError("hls.segment_duration must be within 1..30 s and hls.window within 2..100")
+        webrtc = self.webrtc
+        if (webrtc.udp_port_min or webrtc.udp_port_max) and not (
+            1 <= webrtc.udp_port_min <= webrtc.udp_port_max <= 65535
+        ):
+            raise ConfigError("webrtc.udp_port_min..udp_port_max must be a port range within 1..65535")
+        if webrtc.max_sessions < 1 or webrtc.session_timeout <= 0 or webrtc.whip_keyframe_interval < 0:
+            raise ConfigError("webrtc.max_sessions and webrtc.session_timeout must be positive")
+        if not 6000 <= webrtc.opus_bitrate <= 510000 or not 32000 <= webrtc.aac_bitrate <= 512000:
+            raise ConfigError("webrtc.opus_bitrate must be within 6000..510000 and aac_bitrate within 32000..512000")
+        for url in webrtc.ice_servers:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ConfigError(f"webrtc.ice_servers: {url!r} is not a stun:, turn: or turns: URL")
         if bool(self.rtmps.cert_file) != bool(self.rtmps.key_file):
             raise ConfigError("rtmps.cert_file and rtmps.key_file must be set together")
 

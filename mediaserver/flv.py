@@ -268,3 +268,32 @@ def h264_resolution(avcc: bytes | memoryview) -> tuple[int, int]:
     width = width_mbs * 16 - sub_w * (crop[0] + crop[1])
     height = height_units * 16 * (2 - frame_mbs_only) - sub_h * (crop[2] + crop[3])
     return width, height
+
+
+# ----- FLV tag bodies from codec data (the reverse of parse_video/parse_audio, for ingest that is not RTMP) -----
+
+_AVC_KEY = 0x17  # FrameType 1 (key) << 4 | CodecID 7 (AVC)
+_AVC_INTER = 0x27  # FrameType 2 (inter) << 4 | CodecID 7
+_AAC_HEADER = 0xAF  # SoundFormat 10 (AAC), 44 kHz, 16-bit, stereo (fixed for AAC by the FLV spec)
+
+
+def avc_sequence_header(avcc: bytes) -> bytes:
+    """An AVC sequence header body: 0x17, AVCPacketType 0, composition time 0, then the avcC record."""
+    return bytes((_AVC_KEY, 0, 0, 0, 0)) + avcc
+
+
+def avc_frame(nalus: bytes, keyframe: bool, cts: int = 0) -> bytes:
+    """An AVC NALU body: frame type, AVCPacketType 1, signed 24-bit composition time, AVCC NAL units."""
+    if not -0x800000 <= cts <= 0x7FFFFF:
+        raise FlvError("composition time out of range")
+    return bytes((_AVC_KEY if keyframe else _AVC_INTER, 1)) + (cts & 0xFFFFFF).to_bytes(3, "big") + nalus
+
+
+def aac_sequence_header(asc: bytes) -> bytes:
+    """An AAC sequence header body: 0xAF, AACPacketType 0, AudioSpecificConfig."""
+    return bytes((_AAC_HEADER, 0)) + asc
+
+
+def aac_frame(raw: bytes) -> bytes:
+    """An AAC raw frame body: 0xAF, AACPacketType 1, one raw AAC access unit."""
+    return bytes((_AAC_HEADER, 1)) + raw

@@ -16,7 +16,9 @@ def _date(epoch: float) -> str:
 
 
 def target_duration(stream: HlsStream) -> int:
-    return max(1, math.ceil(stream.max_segment_duration - 0.001))
+    """EXTINF rounded to the nearest integer must not exceed it (RFC 8216 4.4.3.1): a 2.09 s
+    segment keeps a 2 s target; only a camera GOP longer than the target raises it."""
+    return max(1, math.floor(stream.max_segment_duration + 0.5))
 
 
 def part_target(stream: HlsStream) -> float:

@@ -89,6 +89,10 @@ class HlsStream:
         # Sequence numbers start from the wall clock, so URIs never repeat across restarts
         # and caches may treat segments as immutable.
         self._next_msn = int(time.time() * 10)
+        # (wall clock, media time in ms) that PROGRAM-DATE-TIME is derived from.
+        self._pdt_anchor: tuple[float, int] | None = None
+        # Bumped on every change, so readers can cache what they render from this stream.
+        self.version = 0
         self.segments: deque[Segment] = deque()
         self.current: Segment | None = None
         self.inits: dict[int, bytes] = {}
@@ -272,7 +276,19 @@ class HlsStream:
             self._close_part(dts)
 
     def _start_segment(self, dts: int) -> None:
-        segment = Segment(self._next_msn, self.init_id, time.time(), self._next_discontinuity)
+        # PROGRAM-DATE-TIME follows the media timeline from an anchor taken from the wall clock
+        # at the first segment of each timeline, so stamps stay consistent with the durations
+        # even when the event loop runs late.
+        now = time.time()
+        if self._pdt_anchor is None or self._next_discontinuity:
+            self._pdt_anchor = (now, dts)
+        pdt = self._pdt_anchor[0] + (dts - self._pdt_anchor[1]) / 1000
+        # Never stamp a time that has not happened yet (the anchor frame arrived late), and
+        # follow a publisher whose clock drifts away from ours by more than a second.
+        if pdt > now or now - pdt > 1.0:
+            self._pdt_anchor = (now, dts)
+            pdt = now
+        segment = Segment(self._next_msn, self.init_id, pdt, self._next_discontinuity)
         self._next_msn += 1
         self._next_discontinuity = False
         self.current = segment
@@ -353,6 +369,7 @@ class HlsStream:
     # ----- readers ----------------------------------------------------------------------
 
     def _notify(self) -> None:
+        self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
 

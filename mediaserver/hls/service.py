@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 import re
 import time
@@ -36,6 +37,8 @@ class HlsService:
         self.grace_seconds = grace_seconds
         self.streams: dict[str, HlsStream] = {}
         self.stats = SegmenterStats()
+        # (app, name, skip, gzip) -> (stream version, body)
+        self._playlists: dict[tuple[str, str, bool, bool], tuple[int, bytes]] = {}
         self._viewers: dict[tuple[str, str, str], float] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self.playlist_requests = Counter(
@@ -91,6 +94,8 @@ class HlsService:
                     log.info("event=hls_stream_ended stream=%s", key)
                 if hls.ended and now - hls.ended_at > self.grace_seconds:
                     del self.streams[key]
+                    for variant in [k for k in self._playlists if k[0] == hls.app and k[1] == hls.name]:
+                        del self._playlists[variant]
                     log.info("event=hls_stream_removed stream=%s", key)
             self._prune_viewers(now)
 
@@ -178,19 +183,29 @@ class HlsService:
                         return self._error(503, "not_ready", "the requested part did not arrive in time")
                     break
             self.blocked_wait.labels("playlist").observe(time.monotonic() - started)
-        body = playlist.render(stream, skip=skip_value is not None)
-        response = web.Response(
-            text=body,
-            content_type=PLAYLIST_TYPE,
-            headers={
-                "Cache-Control": "public, max-age=2" if msn is not None else "no-cache",
-                "Access-Control-Allow-Origin": "*",
-            },
-        )
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            response.enable_compression()
+        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+        body = self._rendered(stream, skip_value is not None, gzipped)
+        headers = {
+            "Cache-Control": "public, max-age=2" if msn is not None else "no-cache",
+            "Access-Control-Allow-Origin": "*",
+            "Vary": "Accept-Encoding",
+        }
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
         self.bytes_served.labels("playlist").inc(len(body))
-        return response
+        return web.Response(body=body, content_type=PLAYLIST_TYPE, charset="utf-8", headers=headers)
+
+    def _rendered(self, stream: HlsStream, skip: bool, gzipped: bool) -> bytes:
+        """The playlist as bytes, rendered (and compressed) once per change of the stream, not per request."""
+        key = (stream.app, stream.name, skip, gzipped)
+        cached = self._playlists.get(key)
+        if cached is not None and cached[0] == stream.version:
+            return cached[1]
+        body = playlist.render(stream, skip=skip).encode()
+        if gzipped:
+            body = gzip.compress(body, compresslevel=5, mtime=0)
+        self._playlists[key] = (stream.version, body)
+        return body
 
     async def handle_file(self, request: web.Request) -> web.Response:
         stream = self._stream(request)

@@ -499,7 +499,8 @@ class RtmpSession(asyncio.Protocol):
             self._fail("publish_denied", result.reason)
             return
         try:
-            self.publishing = self.ctx.hub.publish(self.app, name, self)
+            # The grant names the stream: a database authorizer maps a secret key to its camera id.
+            self.publishing = self.ctx.hub.publish(result.app, result.name, self)
         except StreamTaken:
             self.ctx.metrics.publish_denied.labels("stream_taken").inc()
             self._send_status(stream_id, "error", "NetStream.Publish.BadName", "stream is already being published")

@@ -1,0 +1,61 @@
+"""The audit log, for admins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import func, select
+
+from control.api.base import RouteTable, send
+from control.api.schemas import AuditList, AuditOut, AuditQuery
+from control.api.validated import query
+from control.rbac import Permission
+from control.services import services
+from control.store import AuditLog
+
+routes = RouteTable("audit")
+
+
+@routes.route(
+    "GET",
+    "/audit-logs",
+    permission=Permission.AUDIT_READ,
+    summary="Audit entries, newest first (filters: user_id, actor, action or prefix*, resource, success, since, until)",
+    query=AuditQuery,
+    response=AuditList,
+)
+async def list_audit(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    q = query(request, AuditQuery)
+    conditions: list[Any] = []
+    if q.user_id is not None:
+        conditions.append(AuditLog.user_id == q.user_id)
+    if q.actor:
+        conditions.append(AuditLog.actor == q.actor.lower())
+    if q.action:
+        if q.action.endswith("*"):
+            conditions.append(AuditLog.action.startswith(q.action[:-1], autoescape=True))
+        else:
+            conditions.append(AuditLog.action == q.action)
+    if q.resource_type:
+        conditions.append(AuditLog.resource_type == q.resource_type)
+    if q.resource_id:
+        conditions.append(AuditLog.resource_id == q.resource_id)
+    if q.success is not None:
+        conditions.append(AuditLog.success.is_(q.success))
+    if q.since is not None:
+        conditions.append(AuditLog.at >= q.since)
+    if q.until is not None:
+        conditions.append(AuditLog.at < q.until)
+    async with svc.store.reader() as session:
+        total = await session.scalar(select(func.count()).select_from(AuditLog).where(*conditions))
+        rows = await session.scalars(
+            select(AuditLog)
+            .where(*conditions)
+            .order_by(AuditLog.at.desc(), AuditLog.id.desc())
+            .limit(q.limit)
+            .offset(q.offset)
+        )
+        items = [AuditOut.model_validate(row) for row in rows]
+    return send(AuditList(items=items, total=int(total or 0), limit=q.limit, offset=q.offset))

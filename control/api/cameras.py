@@ -1,0 +1,312 @@
+"""Cameras: CRUD, filters and pages, bulk operations, stream keys, live status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control.api.base import RouteTable, not_found, path_camera_id, send
+from control.api.schemas import (
+    BulkCreate,
+    BulkRequest,
+    BulkResult,
+    CameraCreate,
+    CameraList,
+    CameraOut,
+    CameraQuery,
+    CameraStatusOut,
+    CameraUpdate,
+)
+from control.api.validated import body, query
+from control.audit import Actor
+from control.rbac import Permission
+from control.security import new_id, new_stream_key
+from control.services import Services, actor, principal, services
+from control.store import Camera
+from control.store.types import utcnow
+from mediaserver.config import Config
+
+routes = RouteTable("cameras")
+READ = Permission.CAMERAS_READ
+WRITE = Permission.CAMERAS_WRITE
+
+
+def publish_url_for(config: Config, host: str, stream_key: str) -> str:
+    api = config.api
+    host = api.rtmp_public_host or host or "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"rtmp://{host}:{config.rtmp.port}/{api.publish_app}/{stream_key}"
+
+
+def publish_url(svc: Services, host: str, stream_key: str) -> str:
+    return publish_url_for(svc.config, host, stream_key)
+
+
+def camera_view(svc: Services, camera: Any, request: web.Request | None, with_key: bool) -> CameraOut:
+    """`camera` is a Camera or a row of the cameras table."""
+    stream = svc.hub.get(svc.config.api.publish_app, camera.id)
+    out = CameraOut(
+        id=camera.id,
+        name=camera.name,
+        vendor=camera.vendor,
+        model=camera.model,
+        serial_number=camera.serial_number,
+        location=camera.location,
+        enabled=camera.enabled,
+        recording_enabled=camera.recording_enabled,
+        private=camera.private,
+        status=camera.status,
+        live=stream is not None,
+        last_seen=camera.last_seen,
+        bitrate_bps=int(stream.bitrate) if stream is not None else 0,
+        created_at=camera.created_at,
+        updated_at=camera.updated_at,
+    )
+    if with_key:
+        host = request.url.host if request is not None else ""
+        out.stream_key = camera.stream_key
+        out.publish_url = publish_url(svc, host or "", camera.stream_key)
+    return out
+
+
+def new_camera(fields: CameraCreate) -> Camera:
+    now = utcnow()
+    return Camera(
+        id=new_id(),
+        stream_key=new_stream_key(),
+        status="offline",
+        bitrate_bps=0,
+        created_at=now,
+        updated_at=now,
+        **fields.model_dump(),
+    )
+
+
+async def add_camera(svc: Services, session: AsyncSession, fields: CameraCreate, who: Actor) -> Camera:
+    camera = new_camera(fields)
+    session.add(camera)
+    svc.audit.add(session, "camera.create", who, "camera", camera.id, details={"name": camera.name})
+    return camera
+
+
+def kick(svc: Services, camera_ids: Sequence[str], reason: str) -> None:
+    """Disconnect live publishers of cameras that lost their right to publish."""
+    for camera_id in camera_ids:
+        stream = svc.hub.get(svc.config.api.publish_app, camera_id)
+        if stream is not None:
+            stream.publisher.stop(reason)
+
+
+@routes.route(
+    "GET",
+    "/cameras",
+    permission=READ,
+    summary="List cameras (filters: status, enabled, q = name contains; paged with limit/offset)",
+    query=CameraQuery,
+    response=CameraList,
+)
+async def list_cameras(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    q = query(request, CameraQuery)
+    conditions = []
+    if q.status is not None:
+        conditions.append(Camera.status == q.status)
+    if q.enabled is not None:
+        conditions.append(Camera.enabled.is_(q.enabled))
+    if q.q:
+        conditions.append(func.lower(Camera.name).contains(q.q.lower(), autoescape=True))
+    async with svc.store.reader() as session:
+        total = await session.scalar(select(func.count()).select_from(Camera).where(*conditions))
+        # Plain rows, not ORM objects: a page is read-only and this is the busiest listing.
+        rows = await session.execute(
+            select(*Camera.__table__.columns)
+            .where(*conditions)
+            .order_by(func.lower(Camera.name), Camera.id)
+            .limit(q.limit)
+            .offset(q.offset)
+        )
+        with_key = principal(request).can(WRITE)
+        items = [camera_view(svc, c, request, with_key) for c in rows]
+    return send(CameraList(items=items, total=int(total or 0), limit=q.limit, offset=q.offset))
+
+
+@routes.route(
+    "POST",
+    "/cameras",
+    permission=WRITE,
+    summary="Add a camera; the answer carries its stream key and publish URL",
+    body=CameraCreate,
+    response=CameraOut,
+    status=201,
+)
+async def post_camera(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    req = await body(request, CameraCreate)
+    async with svc.store.sessions.begin() as session:
+        camera = await add_camera(svc, session, req, actor(request))
+    svc.authorizer.invalidate()
+    return send(camera_view(svc, camera, request, True), 201)
+
+
+@routes.route(
+    "POST",
+    "/cameras/bulk",
+    permission=WRITE,
+    summary="Bulk create, enable, disable or delete cameras",
+    body=BulkRequest,
+    response=BulkResult,
+)
+async def bulk_cameras(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    req = (await body(request, BulkRequest)).root
+    who = actor(request)
+    if isinstance(req, BulkCreate):
+        async with svc.store.sessions.begin() as session:
+            created = [await add_camera(svc, session, item, who) for item in req.items]
+        svc.authorizer.invalidate()
+        items = [camera_view(svc, c, request, True) for c in created]
+        return send(BulkResult(action="create", affected=len(items), items=items))
+    ids = list(dict.fromkeys(req.ids))
+    async with svc.store.sessions.begin() as session:
+        found = list(await session.scalars(select(Camera.id).where(Camera.id.in_(ids))))
+        if req.action == "delete":
+            await session.execute(delete(Camera).where(Camera.id.in_(found)))
+        else:
+            await session.execute(
+                update(Camera).where(Camera.id.in_(found)).values(enabled=req.action == "enable", updated_at=utcnow())
+            )
+        for camera_id in found:
+            svc.audit.add(session, f"camera.{req.action}", who, "camera", camera_id, details={"bulk": True})
+    svc.authorizer.invalidate()
+    if req.action in ("delete", "disable"):
+        kick(svc, found, f"camera_{req.action}d")
+    missing = [i for i in ids if i not in set(found)]
+    return send(BulkResult(action=req.action, affected=len(found), not_found=missing))
+
+
+@routes.route("GET", "/cameras/{camera_id}", permission=READ, summary="Get a camera", response=CameraOut, errors=(404,))
+async def get_camera(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    camera_id = path_camera_id(request)
+    async with svc.store.reader() as session:
+        camera = await session.get(Camera, camera_id)
+    if camera is None:
+        raise not_found("camera")
+    return send(camera_view(svc, camera, request, principal(request).can(WRITE)))
+
+
+@routes.route(
+    "PUT",
+    "/cameras/{camera_id}",
+    permission=WRITE,
+    summary="Update a camera (omitted fields stay); disabling it disconnects its publisher",
+    body=CameraUpdate,
+    response=CameraOut,
+    errors=(404,),
+)
+async def put_camera(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    camera_id = path_camera_id(request)
+    req = await body(request, CameraUpdate)
+    changes = req.model_dump(exclude_none=True)
+    async with svc.store.sessions.begin() as session:
+        camera = await session.get(Camera, camera_id, with_for_update=True)
+        if camera is None:
+            raise not_found("camera")
+        changed = {k: v for k, v in changes.items() if getattr(camera, k) != v}
+        for key, value in changed.items():
+            setattr(camera, key, value)
+        if changed:
+            camera.updated_at = utcnow()
+            action = "camera.update"
+            if changed.get("enabled") is False:
+                action = "camera.disable"
+            elif changed.get("enabled") is True:
+                action = "camera.enable"
+            svc.audit.add(session, action, actor(request), "camera", camera.id, details={"changed": sorted(changed)})
+    svc.authorizer.invalidate()
+    if changed.get("enabled") is False:
+        kick(svc, [camera.id], "camera_disabled")
+    return send(camera_view(svc, camera, request, True))
+
+
+@routes.route(
+    "DELETE",
+    "/cameras/{camera_id}",
+    permission=WRITE,
+    summary="Delete a camera (its publisher is disconnected)",
+    status=204,
+    errors=(404,),
+)
+async def delete_camera(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    camera_id = path_camera_id(request)
+    async with svc.store.sessions.begin() as session:
+        camera = await session.get(Camera, camera_id)
+        if camera is None:
+            raise not_found("camera")
+        await session.delete(camera)
+        svc.audit.add(session, "camera.delete", actor(request), "camera", camera_id, details={"name": camera.name})
+    svc.authorizer.invalidate()
+    kick(svc, [camera_id], "camera_deleted")
+    return web.Response(status=204)
+
+
+@routes.route(
+    "POST",
+    "/cameras/{camera_id}/rotate-key",
+    permission=WRITE,
+    summary="Give the camera a new stream key; the old one stops working and its publisher is disconnected",
+    response=CameraOut,
+    errors=(404,),
+)
+async def rotate_key(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    camera_id = path_camera_id(request)
+    async with svc.store.sessions.begin() as session:
+        camera = await session.get(Camera, camera_id, with_for_update=True)
+        if camera is None:
+            raise not_found("camera")
+        camera.stream_key = new_stream_key()
+        camera.updated_at = utcnow()
+        svc.audit.add(session, "camera.rotate_key", actor(request), "camera", camera.id)
+    svc.authorizer.invalidate()
+    kick(svc, [camera.id], "stream_key_rotated")
+    return send(camera_view(svc, camera, request, True))
+
+
+@routes.route(
+    "GET",
+    "/cameras/{camera_id}/status",
+    permission=READ,
+    summary="Live figures of the camera's stream (codecs, resolution, fps, bitrate, viewers)",
+    response=CameraStatusOut,
+    errors=(404,),
+)
+async def camera_status(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    camera_id = path_camera_id(request)
+    async with svc.store.reader() as session:
+        camera = await session.get(Camera, camera_id)
+    if camera is None:
+        raise not_found("camera")
+    stream = svc.hub.get(svc.config.api.publish_app, camera.id)
+    snapshot = stream.snapshot() if stream is not None else None
+    if snapshot is not None:
+        snapshot.pop("publisher", None)  # the publisher's address stays with operators' logs
+    return send(
+        CameraStatusOut(
+            camera_id=camera.id,
+            status=camera.status,  # type: ignore[arg-type]
+            enabled=camera.enabled,
+            live=stream is not None,
+            last_seen=camera.last_seen,
+            bitrate_bps=int(stream.bitrate) if stream is not None else 0,
+            stream=snapshot,
+        )
+    )

@@ -1,0 +1,146 @@
+"""Publish and play authorization from the database: stream key -> enabled camera.
+
+Lookups are cached in memory; every camera change made through this process invalidates
+the cache at once, and entries expire after `api.authorizer_cache_ttl` so changes made by
+another node (or the CLI) apply within that time. Unknown keys are never cached.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from control.audit import Actor, Audit
+from control.security import TokenError, TokenService
+from control.store import Camera, Store
+from mediaserver.auth import AuthResult, Denied, StreamGrant, redact
+
+log = logging.getLogger("control.authorizer")
+
+MAX_CACHED = 100_000
+# Denied publishes audited per client IP and minute; the rest are only logged and counted.
+AUDIT_DENIALS_PER_MINUTE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class CameraAuth:
+    id: str
+    stream_key: str
+    enabled: bool
+    private: bool
+
+
+def peer_ip(peer: str) -> str:
+    host, sep, port = peer.rpartition(":")
+    if sep and port.isdigit():
+        return host.strip("[]")
+    return peer
+
+
+class DatabaseAuthorizer:
+    def __init__(
+        self, store: Store, tokens: TokenService, audit: Audit, app: str = "live", cache_ttl: float = 30.0
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._audit = audit
+        self.app = app
+        self._ttl = cache_ttl
+        self._by_key: dict[str, tuple[CameraAuth, float]] = {}
+        self._by_id: dict[str, tuple[CameraAuth, float]] = {}
+        self._denials: dict[str, tuple[int, int]] = {}
+        self.lookups = 0
+
+    def invalidate(self) -> None:
+        self._by_key.clear()
+        self._by_id.clear()
+
+    def _remember(self, camera: CameraAuth) -> None:
+        if len(self._by_key) >= MAX_CACHED:
+            self.invalidate()
+        expires = time.monotonic() + self._ttl
+        self._by_key[camera.stream_key] = (camera, expires)
+        self._by_id[camera.id] = (camera, expires)
+
+    async def _load(self, by_key: str | None = None, by_id: str | None = None) -> CameraAuth | None:
+        self.lookups += 1
+        query = select(Camera.id, Camera.stream_key, Camera.enabled, Camera.private)
+        query = query.where(Camera.stream_key == by_key) if by_key is not None else query.where(Camera.id == by_id)
+        async with self._store.reader() as session:
+            row = (await session.execute(query)).first()
+        if row is None:
+            return None
+        camera = CameraAuth(row.id, row.stream_key, row.enabled, row.private)
+        self._remember(camera)
+        return camera
+
+    async def camera_for_key(self, key: str) -> CameraAuth | None:
+        if not key or len(key) > 64:
+            return None
+        cached = self._by_key.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            camera: CameraAuth | None = cached[0]
+        else:
+            camera = await self._load(by_key=key)
+        if camera is None or not hmac.compare_digest(camera.stream_key.encode(), key.encode()):
+            return None
+        return camera
+
+    async def camera_by_id(self, camera_id: str) -> CameraAuth | None:
+        if not camera_id or len(camera_id) > 64:
+            return None
+        cached = self._by_id.get(camera_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return await self._load(by_id=camera_id)
+
+    async def authorize_publish(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult:
+        key = params.get("key") or name
+        if app != self.app:
+            return await self._deny(peer, "unknown_app", app, key)
+        camera = await self.camera_for_key(key)
+        if camera is None:
+            return await self._deny(peer, "bad_stream_key", app, key)
+        if not camera.enabled:
+            return await self._deny(peer, "camera_disabled", app, key, camera.id)
+        return StreamGrant(app, camera.id, camera_id=camera.id)
+
+    async def authorize_play(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult:
+        if app != self.app:
+            return Denied("unknown_app")
+        camera = await self.camera_by_id(name)
+        if camera is None:
+            return Denied("unknown_camera")
+        if camera.private:
+            token = params.get("token", "")
+            try:
+                if not token or self._tokens.play_camera(token) != camera.id:
+                    return Denied("bad_play_token")
+            except TokenError as exc:
+                return Denied(str(exc))
+        return StreamGrant(app, camera.id, camera_id=camera.id)
+
+    async def _deny(self, peer: str, reason: str, app: str, key: str, camera_id: str = "") -> Denied:
+        ip = peer_ip(peer)
+        minute = int(time.monotonic() // 60)
+        seen_minute, count = self._denials.get(ip, (minute, 0))
+        count = count + 1 if seen_minute == minute else 1
+        if len(self._denials) > 10_000:
+            self._denials.clear()
+        self._denials[ip] = (minute, count)
+        if count <= AUDIT_DENIALS_PER_MINUTE:
+            await self._audit.record(
+                "stream.publish_denied",
+                Actor(None, "", ip),
+                "camera" if camera_id else "stream",
+                camera_id or f"{app}/{redact(key)}",
+                success=False,
+                details={"reason": reason, "app": app, "key": redact(key), "peer": peer},
+            )
+        else:
+            log.warning("event=publish_denied_not_audited peer=%s reason=%s", peer, reason)
+        return Denied(reason)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the control-plane schema (run by `mediaserver migrate` or on `serve`)."""

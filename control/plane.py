@@ -1,0 +1,156 @@
+"""The control plane as one object: MediaServer creates it, installs it into the HTTP app,
+starts it (store, migrations, first admin, camera status tracking) and gets the authorizer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy import func, select, update
+
+from control.api import audit as audit_api
+from control.api import auth as auth_api
+from control.api import cameras as cameras_api
+from control.api import openapi as openapi_api
+from control.api import streaming as streaming_api
+from control.api import system as system_api
+from control.api import tokens as tokens_api
+from control.api import users as users_api
+from control.api.authn import authenticate
+from control.api.base import ApiError, ApiRoute, Handler
+from control.audit import SYSTEM, Audit
+from control.authorizer import DatabaseAuthorizer
+from control.live import CameraLiveTracker
+from control.middleware import cors, hls_gate, security_headers
+from control.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from control.rbac import Role
+from control.security import PasswordHasher, TokenService, load_or_create_secret
+from control.services import PRINCIPAL, SERVICES, Services
+from control.store import Camera, Store, User
+from mediaserver.config import Config, ConfigError
+from mediaserver.hub import Hub
+
+log = logging.getLogger("control.plane")
+
+ADMIN_USERNAME_ENV = "MEDIASERVER_ADMIN_USERNAME"
+ADMIN_PASSWORD_ENV = "MEDIASERVER_ADMIN_PASSWORD"
+
+
+def all_routes() -> list[ApiRoute]:
+    tables = (auth_api, users_api, cameras_api, streaming_api, tokens_api, audit_api, system_api, openapi_api)
+    return [route for module in tables for route in module.routes.routes]
+
+
+def guarded(route: ApiRoute, svc: Services) -> Handler:
+    """The route's handler behind authentication, its declared permission and the rate limit."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            if route.authenticated:
+                who = await authenticate(request, svc)
+                if route.permission is not None and not who.can(route.permission):
+                    raise ApiError(403, "forbidden", f"this needs the {route.permission.value} permission")
+                subject = f"tok:{who.token_id}" if who.token_id is not None else f"user:{who.user_id}"
+                decision = await svc.limiter.hit(
+                    f"api:{subject}", svc.config.api.rate_per_token, svc.config.api.rate_window
+                )
+                if not decision.allowed:
+                    retry = max(1, int(decision.retry_after + 0.999))
+                    raise ApiError(429, "rate_limited", "too many requests", headers={"Retry-After": str(retry)})
+                request[PRINCIPAL] = who
+            return await route.handler(request)
+        except ApiError as exc:
+            return exc.response()
+
+    handler.__name__ = route.handler.__name__
+    return handler
+
+
+class ControlPlane:
+    def __init__(self, config: Config, hub: Hub, environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.hub = hub
+        self._environ = os.environ if environ is None else environ
+        self.store = Store.from_config(config)
+        auth = config.auth_api
+        self.hasher = PasswordHasher(auth.argon2_time_cost, auth.argon2_memory_kib, auth.argon2_parallelism)
+        # The embedded default's secret file is created at start, not by merely building the object.
+        self.tokens = TokenService.from_config(
+            auth, Path(config.server.data_dir), embedded=self.store.is_sqlite, defer_secret=True
+        )
+        self.audit = Audit(self.store)
+        self.limiter: RateLimiter = (
+            RedisRateLimiter.from_url(config.redis.url, config.redis.key_prefix)
+            if config.redis.url
+            else MemoryRateLimiter()
+        )
+        self.authorizer = DatabaseAuthorizer(
+            self.store, self.tokens, self.audit, config.api.publish_app, config.api.authorizer_cache_ttl
+        )
+        self.services = Services(
+            config, self.store, self.hasher, self.tokens, self.audit, self.limiter, self.authorizer, hub
+        )
+        self.live = CameraLiveTracker(self.store, self.audit, hub, config.api.publish_app)
+        self.routes = all_routes()
+
+    def install(self, app: web.Application) -> None:
+        from control.api.openapi import OPENAPI_KEY, build_openapi
+
+        app[SERVICES] = self.services
+        app[OPENAPI_KEY] = build_openapi(self.routes)
+        for route in self.routes:
+            app.router.add_route(route.method, route.full_path, guarded(route, self.services))
+        app.middlewares.insert(0, security_headers)
+        if self.config.api.cors_origins:
+            app.middlewares.insert(1, cors(self.config.api.cors_origins))
+        if self.config.auth.publish_mode == "database":
+            app.middlewares.append(hls_gate(self.authorizer, self.tokens))
+
+    async def start(self) -> None:
+        if not self.tokens.ready:
+            self.tokens.use_secret(load_or_create_secret(Path(self.config.server.data_dir) / "jwt_secret"))
+        if self.store.is_sqlite or self.config.database.auto_migrate:
+            await self.store.migrate()
+        else:
+            await self.store.check_schema()
+        await self.bootstrap_admin()
+        if self.store.is_sqlite:
+            # One node owns the embedded database: cameras marked online by a previous run are not.
+            async with self.store.sessions.begin() as session:
+                await session.execute(update(Camera).where(Camera.status == "online").values(status="offline"))
+        self.live.start()
+        log.info(
+            "event=control_plane_started database=%s publish_mode=%s",
+            self.store.safe_url,
+            self.config.auth.publish_mode,
+        )
+
+    async def bootstrap_admin(self) -> None:
+        username = self._environ.get(ADMIN_USERNAME_ENV, "").strip().lower()
+        password = self._environ.get(ADMIN_PASSWORD_ENV, "")
+        async with self.store.sessions.begin() as session:
+            count = int(await session.scalar(select(func.count()).select_from(User)) or 0)
+            if count:
+                return
+            if not (username and password):
+                log.warning(
+                    "event=no_users hint=%s",
+                    "create an admin: mediaserver user create --username NAME --role admin "
+                    f"(or set {ADMIN_USERNAME_ENV} and {ADMIN_PASSWORD_ENV} for the first start)",
+                )
+                return
+            if len(password) < self.config.auth_api.min_password_length:
+                raise ConfigError(f"{ADMIN_PASSWORD_ENV} is shorter than auth_api.min_password_length")
+            from control.api.users import create_user
+
+            user = await create_user(session, self.hasher, username, password, Role.ADMIN)
+            self.audit.add(session, "user.create", SYSTEM, "user", str(user.id), details={"bootstrap": True})
+        log.info("event=admin_created username=%s source=environment", username)
+
+    async def stop(self) -> None:
+        await self.live.stop()
+        await self.limiter.close()
+        await self.store.close()

@@ -1,0 +1,72 @@
+"""What the API handlers share: the store, token service, limiter, authorizer and hub."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from control.audit import Actor, Audit
+from control.ratelimit import RateLimiter
+from control.rbac import Permission
+from control.security import PasswordHasher, TokenService
+from control.store import Store
+from mediaserver.config import Config
+from mediaserver.hub import Hub
+
+if TYPE_CHECKING:
+    from control.authorizer import DatabaseAuthorizer
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: int
+    username: str
+    role: str
+    permissions: frozenset[Permission]
+    # Set when the request carries an API token, else the login session.
+    token_id: int | None = None
+    session_id: str | None = None
+
+    def can(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+    def actor(self, ip: str) -> Actor:
+        return Actor(self.user_id, self.username, ip)
+
+
+@dataclass
+class Services:
+    config: Config
+    store: Store
+    hasher: PasswordHasher
+    tokens: TokenService
+    audit: Audit
+    limiter: RateLimiter
+    authorizer: DatabaseAuthorizer
+    hub: Hub
+    started_at: float = field(default_factory=time.time)
+
+
+SERVICES = web.AppKey("control_services", Services)
+PRINCIPAL = web.RequestKey("control_principal", Principal)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def client_ip(request: web.Request) -> str:
+    return request.remote or ""
+
+
+def actor(request: web.Request) -> Actor:
+    if PRINCIPAL in request:
+        return request[PRINCIPAL].actor(client_ip(request))
+    return Actor(None, "", client_ip(request))

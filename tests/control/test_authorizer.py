@@ -1,0 +1,142 @@
+"""Publish/play authorization from the database, its cache, the nginx-rtmp callback, play tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from control.middleware import PLAY_COOKIE
+from control.rbac import Role
+from mediaserver.auth import Denied, StreamGrant
+from tests.control.conftest import Api
+
+
+async def test_publish_with_camera_key(api: Api, admin: str) -> None:
+    camera = await api.camera(admin)
+    auth = api.plane.authorizer
+    granted = await auth.authorize_publish("live", camera["stream_key"], {}, "10.0.0.9:5555")
+    assert granted == StreamGrant("live", camera["id"], camera_id=camera["id"])
+    # The key may also come as ?key= (nginx-rtmp style names).
+    assert isinstance(
+        await auth.authorize_publish("live", "anything", {"key": camera["stream_key"]}, "p:1"), StreamGrant
+    )
+    for app, key in (
+        ("live", "wrong"),
+        ("live", ""),
+        ("other", camera["stream_key"]),
+        ("live", camera["stream_key"].upper()),
+    ):
+        assert isinstance(await auth.authorize_publish(app, key, {}, "10.0.0.9:5555"), Denied), (app, key)
+    denied = await api.audit(admin, action="stream.publish_denied")
+    assert len(denied) == 4 and all(not e["success"] and e["ip"] == "10.0.0.9" for e in denied)
+    assert {e["details"]["reason"] for e in denied} == {"bad_stream_key", "unknown_app"}
+    # Keys never reach the audit log in full.
+    assert all(camera["stream_key"] not in str(e) for e in denied)
+
+
+async def test_cache_is_invalidated_by_changes(api: Api, admin: str) -> None:
+    camera = await api.camera(admin)
+    auth = api.plane.authorizer
+    key = camera["stream_key"]
+    assert isinstance(await auth.authorize_publish("live", key, {}, "p:1"), StreamGrant)
+    lookups = auth.lookups
+    for _ in range(5):
+        assert isinstance(await auth.authorize_publish("live", key, {}, "p:1"), StreamGrant)
+    assert auth.lookups == lookups  # served from the cache
+
+    await api.call("PUT", f"/cameras/{camera['id']}", admin, json={"enabled": False})
+    result = await auth.authorize_publish("live", key, {}, "p:1")
+    assert result == Denied("camera_disabled")
+    await api.call("PUT", f"/cameras/{camera['id']}", admin, json={"enabled": True})
+    assert isinstance(await auth.authorize_publish("live", key, {}, "p:1"), StreamGrant)
+
+    _status, rotated = await api.call("POST", f"/cameras/{camera['id']}/rotate-key", admin)
+    assert await auth.authorize_publish("live", key, {}, "p:1") == Denied("bad_stream_key")
+    assert isinstance(await auth.authorize_publish("live", rotated["stream_key"], {}, "p:1"), StreamGrant)
+
+    await api.call("DELETE", f"/cameras/{camera['id']}", admin)
+    assert isinstance(await auth.authorize_publish("live", rotated["stream_key"], {}, "p:1"), Denied)
+    reasons = [e["details"]["reason"] for e in await api.audit(admin, action="stream.publish_denied")]
+    assert reasons == ["bad_stream_key", "bad_stream_key", "camera_disabled"]
+
+
+async def test_denials_audit_is_bounded_per_ip(api: Api, admin: str) -> None:
+    for _ in range(30):
+        await api.plane.authorizer.authorize_publish("live", "guess", {}, "192.0.2.1:1")
+    assert len(await api.audit(admin, action="stream.publish_denied")) == 10
+
+
+async def test_play_private_needs_a_token(api: Api, admin: str) -> None:
+    private = await api.camera(admin, name="private")
+    public = await api.camera(admin, name="public", private=False)
+    auth = api.plane.authorizer
+    assert isinstance(await auth.authorize_play("live", public["id"], {}, "p:1"), StreamGrant)
+    assert await auth.authorize_play("live", private["id"], {}, "p:1") == Denied("bad_play_token")
+    viewer = await api.token(Role.VIEWER)
+    status, playback = await api.call("GET", f"/streaming/hls/{private['id']}", viewer)
+    assert status == 200 and playback["protocol"] == "hls"
+    assert playback["url"].endswith(f"/hls/live/{private['id']}/index.m3u8?token={playback['token']}")
+    token = playback["token"]
+    assert isinstance(await auth.authorize_play("live", private["id"], {"token": token}, "p:1"), StreamGrant)
+    # A token is good for its camera only, and not once expired or altered.
+    other = await api.camera(admin, name="other")
+    assert await auth.authorize_play("live", other["id"], {"token": token}, "p:1") == Denied("bad_play_token")
+    expired, _ = api.plane.tokens.issue_play(private["id"], ttl=-10)
+    assert await auth.authorize_play("live", private["id"], {"token": expired}, "p:1") == Denied("token_expired")
+    assert isinstance(await auth.authorize_play("live", private["id"], {"token": token[:-3] + "abc"}, "p:1"), Denied)
+    assert await auth.authorize_play("live", "f" * 32, {"token": token}, "p:1") == Denied("unknown_camera")
+    status, webrtc = await api.call("GET", f"/streaming/webrtc/{private['id']}", viewer)
+    assert status == 200 and f"/whep/live/{private['id']}?token=" in webrtc["url"]
+    assert (await api.call("GET", f"/streaming/hls/{'0' * 32}", viewer))[0] == 404
+
+
+async def test_nginx_rtmp_callback(api: Api, admin: str) -> None:
+    camera = await api.camera(admin)
+
+    async def form(fields: dict[str, str]) -> int:
+        response = await api.client.post("/api/v1/streaming/auth", data=fields)
+        await response.read()
+        return response.status
+
+    base = {"app": "live", "addr": "198.51.100.7", "flashver": "FMLE/3.0", "tcurl": "rtmp://x/live", "clientid": "1"}
+    assert await form({**base, "call": "publish", "name": camera["stream_key"]}) == 200
+    assert await form({**base, "call": "publish", "name": "cam1", "key": camera["stream_key"]}) == 200
+    assert await form({**base, "call": "publish", "name": "stolen"}) == 403
+    assert await form({**base, "call": "play", "name": camera["id"]}) == 403
+    token = api.plane.tokens.issue_play(camera["id"])[0]
+    assert await form({**base, "call": "play", "name": camera["id"], "token": token}) == 200
+    assert await form({**base, "call": "publish_done", "name": "x"}) == 200
+    assert await form({"app": "live"}) == 422
+    denied = await api.audit(admin, action="stream.publish_denied")
+    assert [e["ip"] for e in denied] == ["198.51.100.7"]
+
+
+async def test_hls_gate(api_factory: Any) -> None:
+    api: Api = await api_factory()
+    admin = await api.token(Role.ADMIN)
+    private = await api.camera(admin, name="p")
+    public = await api.camera(admin, name="q", private=False)
+
+    async def fake_hls(request: web.Request) -> web.Response:
+        return web.Response(text="#EXTM3U\n")
+
+    # The gate wraps whatever serves /hls/ (here a stand-in for the HLS service).
+    app = web.Application(middlewares=list(api.client.server.app.middlewares))
+    app.router.add_get("/hls/{app}/{name}/{file}", fake_hls)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        assert (await client.get(f"/hls/live/{public['id']}/index.m3u8")).status == 200
+        assert (await client.get(f"/hls/live/{private['id']}/index.m3u8")).status == 403
+        token = api.plane.tokens.issue_play(private["id"])[0]
+        response = await client.get(f"/hls/live/{private['id']}/index.m3u8?token={token}")
+        assert response.status == 200
+        assert PLAY_COOKIE in response.cookies
+        # Segments come without the query; the cookie set for the playlist's path lets them through.
+        assert (await client.get(f"/hls/live/{private['id']}/seg1.m4s")).status == 200
+        client.session.cookie_jar.clear()
+        assert (await client.get(f"/hls/live/{private['id']}/seg1.m4s")).status == 403
+    finally:
+        await client.close()

@@ -1,0 +1,90 @@
+"""The schema: migrations are the source of truth and match the models; the CLI migrates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from control.store import Base, Store, StoreError, database_url
+from mediaserver.config import Config
+from tests.control.conftest import _mysql
+
+
+async def test_migrations_match_the_models(database_url: str) -> None:
+    store = Store(database_url)
+    try:
+        assert await store.current_revision() == Store.head_revision()
+        await store.check_schema()
+        assert await store.migrate() == Store.head_revision()  # idempotent
+
+        def diff(conn: Connection) -> list[Any]:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(context, Base.metadata))
+
+        def indexes(conn: Connection) -> dict[str, set[tuple[str, ...]]]:
+            inspector = inspect(conn)
+            return {
+                table: {tuple(ix["column_names"]) for ix in inspector.get_indexes(table)}  # type: ignore[misc]
+                for table in ("cameras", "recordings", "audit_logs", "refresh_tokens")
+            }
+
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(diff) == []
+            found = await conn.run_sync(indexes)
+        assert ("status",) in found["cameras"]
+        assert ("camera_id", "started_at") in found["recordings"]
+        assert ("user_id", "at") in found["audit_logs"]
+        assert ("family_id",) in found["refresh_tokens"]
+    finally:
+        await store.close()
+
+
+def test_embedded_default_lives_in_the_data_dir(tmp_path: Path) -> None:
+    config = Config()
+    config.server.data_dir = str(tmp_path / "d")
+    assert database_url(config) == f"sqlite+aiosqlite:///{tmp_path / 'd' / 'mediaserver.db'}"
+    config.database.url = "mysql+asyncmy://u:p@db:3306/ms"
+    assert database_url(config) == "mysql+asyncmy://u:p@db:3306/ms"
+    assert Store(database_url(config)).safe_url == "mysql+asyncmy://u:***@db:3306/ms"
+    with pytest.raises(StoreError):
+        Store("postgresql+asyncpg://x/y")
+
+
+async def test_unmigrated_database_is_refused(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    try:
+        with pytest.raises(StoreError, match="mediaserver migrate"):
+            await store.check_schema()
+    finally:
+        await store.close()
+
+
+def test_migrate_command(tmp_path: Path, database_url: str) -> None:
+    env = dict(os.environ)
+    env["MEDIASERVER_SERVER_DATA_DIR"] = str(tmp_path / "data")
+    if database_url.startswith("mysql"):
+        import asyncio
+
+        name = f"test_ms_cli_{os.getpid()}"
+        asyncio.run(_mysql(f"CREATE DATABASE `{name}`"))
+        env["MEDIASERVER_DATABASE_URL"] = database_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "mediaserver", "migrate"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"is at revision {Store.head_revision()}" in result.stdout
+        if not database_url.startswith("mysql"):
+            assert (tmp_path / "data" / "mediaserver.db").exists()
+    finally:
+        if database_url.startswith("mysql"):
+            asyncio.run(_mysql(f"DROP DATABASE IF EXISTS `{name}`"))
