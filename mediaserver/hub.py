@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mediaserver.background import BackgroundTask
 from mediaserver.flv import FlvError, aac_config, h264_resolution, opus_config
 from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
 
@@ -227,7 +228,7 @@ class Hub:
         self.idle_timeout = idle_timeout
         self.drops = DropCounter()
         self._listeners: list[StreamListener] = []
-        self._housekeeping: asyncio.Task[None] | None = None
+        self._housekeeping = BackgroundTask(self._run_housekeeping)
 
     def add_listener(self, listener: StreamListener) -> None:
         """`listener(event, stream)` with event `stream_started` or `stream_stopped`."""
@@ -266,15 +267,10 @@ class Hub:
         self._emit("stream_stopped", stream)
 
     def start(self) -> None:
-        if self._housekeeping is None:
-            self._housekeeping = asyncio.get_running_loop().create_task(self._run_housekeeping())
+        self._housekeeping.start()
 
     async def stop(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
-            self._housekeeping = None
+        await self._housekeeping.stop()
         for stream in list(self.streams.values()):
             stream.publisher.stop("shutdown")
             self.unpublish(stream)

@@ -8,13 +8,14 @@ shows up as oversleep. Exported as `mediaserver_event_loop_lag_seconds` (the las
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from mediaserver.background import BackgroundTask
 
 INTERVAL = 0.1
 
@@ -26,20 +27,15 @@ class LoopLagMonitor(Collector):
         self.max_since_scrape = 0.0
         self.total = 0.0
         self.samples = 0
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(self._run)
         if registry is not None:
             registry.register(self)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import logging
 import re
@@ -16,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from control.errors import error_response
+from mediaserver.background import BackgroundTask
 from mediaserver.hls import playlist
 from mediaserver.hls.segmenter import HlsSettings, HlsStream, SegmenterStats
 from mediaserver.hub import Hub, Stream
@@ -40,7 +40,7 @@ class HlsService:
         # (app, name, skip, gzip) -> (stream version, body)
         self._playlists: dict[tuple[str, str, bool, bool], tuple[int, bytes]] = {}
         self._viewers: dict[tuple[str, str, str], float] = {}
-        self._housekeeping: asyncio.Task[None] | None = None
+        self._housekeeping = BackgroundTask(self._run_housekeeping)
         self.playlist_requests = Counter(
             "mediaserver_hls_playlist_requests", "Playlist requests", ["blocking"], registry=registry
         )
@@ -71,15 +71,10 @@ class HlsService:
         stream.subscribe(hls)
 
     def start(self) -> None:
-        if self._housekeeping is None:
-            self._housekeeping = asyncio.get_running_loop().create_task(self._run_housekeeping())
+        self._housekeeping.start()
 
     async def stop(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
-            self._housekeeping = None
+        await self._housekeeping.stop()
 
     async def _run_housekeeping(self) -> None:
         while True:

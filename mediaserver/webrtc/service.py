@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from control.errors import error_response
 from mediaserver.auth import Authorizer, AuthResult, Denied, redact
+from mediaserver.background import BackgroundTask
 from mediaserver.config import WebrtcConfig
 from mediaserver.hub import Hub, Stream, StreamTaken
 from mediaserver.media import Codec
@@ -250,7 +251,7 @@ class WebrtcService:
         self.ice_servers = ice_servers(config.ice_servers, config.turn_username, config.turn_credential)
         self._pending = 0
         self._closing: set[asyncio.Task[None]] = set()
-        self._housekeeping: asyncio.Task[None] | None = None
+        self._housekeeping = BackgroundTask(self._run_housekeeping)
         self._last_stats = 0.0
         self.setup_time = Histogram(
             "mediaserver_webrtc_setup_seconds",
@@ -281,15 +282,10 @@ class WebrtcService:
     # ----- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._housekeeping is None:
-            self._housekeeping = asyncio.get_running_loop().create_task(self._run_housekeeping())
+        self._housekeeping.start()
 
     async def stop(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
-            self._housekeeping = None
+        await self._housekeeping.stop()
         for session in list(self.sessions.values()):
             self._close(session, "shutdown")
         if self._closing:
