@@ -1,4 +1,5 @@
-"""The browser pages: `/` (index), `/play/{app}/{name}` (the HLS player) and the files under `web/` at `/static/`."""
+"""The browser pages: `/` (index), `/play/{app}/{name}` (LL-HLS player), `/webrtc/{app}/{name}` (WHEP
+player) and the files under `web/` at `/static/`."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def web_routes(web_dir: Path) -> list[web.AbstractRouteDef]:
     return [
         web.get("/", _page(web_dir / "index.html")),
         web.get("/play/{app}/{name}", _page(web_dir / "play.html")),
+        web.get("/webrtc/{app}/{name}", _page(web_dir / "webrtc.html")),
         # No directory listing, and no symlinks out of web_dir.
         web.static(STATIC_PREFIX, web_dir, show_index=False, follow_symlinks=False),
     ]

@@ -19,7 +19,6 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -70,17 +69,7 @@ CORS_PREFLIGHT = {
     "Access-Control-Max-Age": "86400",
     "Accept-Post": SDP_TYPE,
 }
-PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'self'"
-)
 STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
-
-
-def default_web_dir() -> Path:
-    """`web/` next to the packages (a source checkout), else `web/` in the working directory."""
-    beside = Path(__file__).resolve().parents[2] / "web"
-    return beside if beside.is_dir() else Path.cwd() / "web"
 
 
 class Rejected(Exception):
@@ -237,13 +226,11 @@ class WebrtcService:
         registry: CollectorRegistry,
         authorizer: Authorizer,
         traffic: TrafficStats | None = None,
-        web_dir: Path | None = None,
     ) -> None:
         self.hub = hub
         self.config = config
         self.authorizer = authorizer
         self.traffic = traffic
-        self.web_dir = web_dir or default_web_dir()
         self.sessions: dict[str, Session] = {}
         self.feeds: dict[str, StreamFeed] = {}
         self.stats = WebrtcStats()
@@ -443,9 +430,6 @@ class WebrtcService:
             web.delete("/whip/{app}/{name}/{session}", self._guard("whip", self.handle_delete)),
             web.patch("/whip/{app}/{name}/{session}", self.handle_patch),
             web.options("/whip/{app}/{name}/{session}", self.handle_options),
-            web.get("/webrtc/webrtc.js", self._static("webrtc.js")),
-            web.get("/webrtc/webrtc.css", self._static("webrtc.css")),
-            web.get("/webrtc/{app}/{name}", self.handle_page),
             web.get("/api/v1/webrtc/sessions", self.handle_list),
         ]
 
@@ -513,28 +497,6 @@ class WebrtcService:
                 "closing": len(self._closing),
                 "feeds": len(self.feeds),
             }
-        )
-
-    async def handle_page(self, request: web.Request) -> web.StreamResponse:
-        return self._file("webrtc.html")
-
-    def _static(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            return self._file(name)
-
-        return handler
-
-    def _file(self, name: str) -> web.StreamResponse:
-        path = self.web_dir / name
-        if not path.is_file():
-            return error_response(404, "not_found", "the WebRTC player is not installed")
-        return web.FileResponse(
-            path,
-            headers={
-                "Cache-Control": "no-cache",
-                "Content-Security-Policy": PAGE_CSP,
-                "X-Content-Type-Options": "nosniff",
-            },
         )
 
     # ----- HTTP: shared checks ------------------------------------------------------------
