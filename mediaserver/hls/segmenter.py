@@ -104,7 +104,9 @@ class HlsStream:
         self.ended_at = 0.0
         self._changed = asyncio.Event()
         self._tracks: list[TrackInfo] = []
-        self._track_versions: tuple[int, ...] = ()
+        self._track_versions: tuple[int, int] = (-1, -1)
+        # (kind, codec) -> index into _tracks, for the per-packet lookup.
+        self._track_of: dict[tuple[TrackKind, Codec], int] = {}
         self._source: tuple[TrackInfo, TrackInfo] | None = None
         self._pending: list[list[Packet]] = []
         self._part_start = 0
@@ -127,7 +129,8 @@ class HlsStream:
             self._next_discontinuity = True
         self._source = (video, audio)
         self._tracks = []
-        self._track_versions = ()
+        self._track_versions = (-1, -1)
+        self._track_of = {}
         self._last_dts = -1
         self._waiting_keyframe = True
         self.ended = False
@@ -169,11 +172,10 @@ class HlsStream:
     def _on_packet(self, packet: Packet) -> None:
         if packet.is_config or packet.kind is TrackKind.DATA or self._source is None:
             return
-        if self._track_versions != self._source_versions():
+        video, audio = self._source
+        if self._track_versions != (video.version, audio.version):
             self._reconfigure()
-        if not self._tracks:
-            return
-        track_index = self._track_index(packet)
+        track_index = self._track_of.get((packet.kind, packet.codec), -1)
         if track_index < 0:
             return
         dts = packet.dts + self._offset
@@ -209,16 +211,6 @@ class HlsStream:
         elif self._last_dts < 0:
             self._last_dts = dts
 
-    def _source_versions(self) -> tuple[int, ...]:
-        assert self._source is not None
-        return tuple(t.version for t in self._source)
-
-    def _track_index(self, packet: Packet) -> int:
-        for index, track in enumerate(self._tracks):
-            if track.kind is packet.kind and track.codec is packet.codec:
-                return index
-        return -1
-
     def _reconfigure(self) -> None:
         """New or changed codec configuration: a new init segment and a discontinuity."""
         assert self._source is not None
@@ -228,13 +220,14 @@ class HlsStream:
             tracks.append(dataclasses.replace(video))
         if audio.codec in _HLS_AUDIO and audio.config:
             tracks.append(dataclasses.replace(audio))
-        self._track_versions = self._source_versions()
+        self._track_versions = (video.version, audio.version)
         if not tracks:
             return
         if self.current is not None:
             self._close_segment(self._last_dts)
             self._next_discontinuity = True
         self._tracks = tracks
+        self._track_of = {(track.kind, track.codec): index for index, track in enumerate(tracks)}
         self._has_video = tracks[0].kind is TrackKind.VIDEO
         self._pending = [[] for _ in tracks]
         self.init_id += 1
