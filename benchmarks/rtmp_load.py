@@ -200,6 +200,10 @@ class Server:
     def drops(self) -> tuple[int | None, dict[str, int]]:
         return None, {}
 
+    def scrape(self) -> dict[str, float]:
+        """The server's own metrics, `name{labels}` -> value; empty when it has none."""
+        return {}
+
     def log_problems(self) -> list[str]:
         return []
 
@@ -241,17 +245,28 @@ class OurServer(Server):
                 "MEDIASERVER_HTTP_PORT": str(self.http_port),
                 "MEDIASERVER_SERVER_DATA_DIR": str(self.root / "data"),
                 "MEDIASERVER_SERVER_LOG_LEVEL": "warning",
+                # Load publishers use arbitrary names, as they do against nginx.
+                "MEDIASERVER_AUTH_PUBLISH_MODE": "open",
             }
         )
         self._spawn([sys.executable, "-m", "mediaserver", "serve"], env)
         self._wait_ready(lambda: bool(http_get(f"http://127.0.0.1:{self.http_port}/healthz", 2)))
 
     def drops(self) -> tuple[int | None, dict[str, int]]:
-        text = http_get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=20)
         by_reason: dict[str, int] = {}
-        for match in re.finditer(r'^mediaserver_packets_dropped_total\{reason="([^"]*)"\} (\S+)$', text, re.M):
-            by_reason[match.group(1)] = int(float(match.group(2)))
+        for key, value in self.scrape().items():
+            match = re.fullmatch(r'mediaserver_packets_dropped_total\{reason="([^"]*)"\}', key)
+            if match:
+                by_reason[match.group(1)] = int(value)
         return sum(by_reason.values()), by_reason
+
+    def scrape(self) -> dict[str, float]:
+        text = http_get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=20)
+        samples: dict[str, float] = {}
+        for match in re.finditer(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) (\S+)$", text, re.M):
+            with contextlib.suppress(ValueError):
+                samples[match.group(1)] = float(match.group(2))
+        return samples
 
     def log_problems(self) -> list[str]:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -604,8 +619,33 @@ class RunResult:
     window_s: float = 0.0
     server_processes: int = 0
     hls_segments: int | None = None
+    # From our server's /metrics over the window: event-loop lag, GC, HLS memory.
+    server_metrics: dict[str, float] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     server_log_problems: list[str] = field(default_factory=list)
+
+
+def server_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What our server says about itself over the window."""
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    figures: dict[str, float] = {}
+    if "mediaserver_event_loop_lag_max_seconds" in after:
+        figures["event_loop_lag_max_ms"] = round(after["mediaserver_event_loop_lag_max_seconds"] * 1000, 1)
+        samples = delta("mediaserver_event_loop_lag_samples_total")
+        if samples > 0:
+            mean = delta("mediaserver_event_loop_oversleep_seconds_total") / samples
+            figures["event_loop_lag_mean_ms"] = round(mean * 1000, 2)
+    for generation in range(3):
+        key = f'python_gc_collections_total{{generation="{generation}"}}'
+        if key in after:
+            figures[f"gc_gen{generation}_collections"] = delta(key)
+    hls = sum(v for k, v in after.items() if k.startswith("mediaserver_hls_memory_bytes"))
+    if hls:
+        figures["hls_memory_mb"] = round(hls / 1e6, 1)
+    return figures
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -662,6 +702,10 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
 
         log(f"[{target}] measuring for {args.duration} s")
         pids = server.pids()
+        try:  # also starts a new "worst event-loop lag" period in our server
+            metrics0 = await asyncio.to_thread(server.scrape)
+        except OSError:
+            metrics0 = {}
         ticks0 = cpu_ticks(pids)
         cpu0 = _cpu_seconds()
         busy0 = machine_busy_ticks()
@@ -721,9 +765,13 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
             f"player {p.index} of {p.publisher.name}: {p.error}" for p in players if p.error is not None
         ][:5]
         try:
+            metrics1 = await asyncio.to_thread(server.scrape)
             result.drops, result.drops_by_reason = await asyncio.to_thread(server.drops)
         except OSError as exc:
-            log(f"[{target}] could not read the drop counters: {exc}")
+            metrics1 = {}
+            log(f"[{target}] could not read the server's counters: {exc}")
+        if metrics0 and metrics1:
+            result.server_metrics = server_figures(metrics0, metrics1)
         if isinstance(server, NginxServer):
             result.hls_segments = server.hls_segments()
         result.server_log_problems = server.log_problems()
