@@ -115,6 +115,7 @@ class Server:
                 "MEDIASERVER_HTTP_PORT": str(self.http_port),
                 "MEDIASERVER_SERVER_DATA_DIR": str(self.root / "data"),
                 "MEDIASERVER_SERVER_LOG_LEVEL": self.log_level,
+                "MEDIASERVER_AUTH_PUBLISH_MODE": "open",
                 "MEDIASERVER_WEBRTC_HOST_ADDRESSES": "127.0.0.1",
                 "MEDIASERVER_WEBRTC_MAX_SESSIONS": str(self.max_sessions),
                 "MEDIASERVER_WEBRTC_SESSION_TIMEOUT": "20",

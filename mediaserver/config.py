@@ -89,7 +89,7 @@ class HlsConfig:
 class AuthConfig:
     # "open": anyone may publish; "static": the stream name (or its ?key= parameter) must be in publish_keys;
     # "database": the stream key must belong to an enabled camera of the control plane.
-    publish_mode: str = "open"
+    publish_mode: str = "database"
     publish_keys: list[str] = field(default_factory=list)
     # When non-empty, players must present one of these as the stream's ?key= parameter.
     play_keys: list[str] = field(default_factory=list)

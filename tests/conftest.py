@@ -74,6 +74,8 @@ def start_server(tmp_path: Path, extra_env: dict[str, str] | None = None, rtmps:
             "MEDIASERVER_HTTP_PORT": str(http_port),
             "MEDIASERVER_SERVER_DATA_DIR": str(data_dir),
             "MEDIASERVER_SERVER_LOG_LEVEL": "debug",
+            # Protocol tests publish to arbitrary names; the camera-key default is tested in tests/control.
+            "MEDIASERVER_AUTH_PUBLISH_MODE": "open",
         }
     )
     rtmps_port = None

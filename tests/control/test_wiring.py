@@ -16,11 +16,13 @@ def _config(tmp_path: Path, **env: str) -> Config:
     return load_config(None, environ={"MEDIASERVER_SERVER_DATA_DIR": str(tmp_path / "d"), **env})
 
 
-def test_open_stays_the_default(tmp_path: Path) -> None:
+def test_camera_keys_are_the_default(tmp_path: Path) -> None:
     server = MediaServer(_config(tmp_path))
     assert server.control is not None  # the API is on
-    assert isinstance(server.authorizer, AllowAll)
+    assert isinstance(server.authorizer, DatabaseAuthorizer)
     assert not (tmp_path / "d").exists()  # nothing written before start
+    lab = MediaServer(_config(tmp_path, MEDIASERVER_AUTH_PUBLISH_MODE="open"))
+    assert isinstance(lab.authorizer, AllowAll)
 
 
 def test_database_mode_uses_the_camera_table(tmp_path: Path) -> None:
@@ -32,12 +34,13 @@ def test_database_mode_uses_the_camera_table(tmp_path: Path) -> None:
 
 
 def test_api_can_be_switched_off(tmp_path: Path) -> None:
-    server = MediaServer(_config(tmp_path, MEDIASERVER_API_ENABLED="false"))
+    # Without the API there is no camera table: such a server needs another publish mode.
+    server = MediaServer(_config(tmp_path, MEDIASERVER_API_ENABLED="false", MEDIASERVER_AUTH_PUBLISH_MODE="open"))
     assert server.control is None
     paths = {r.resource.canonical for r in server.http_app.router.routes() if r.resource is not None}
     assert "/api/v1/cameras" not in paths and "/api/v1/streams" in paths
     with pytest.raises(ConfigError, match=r"api\.enabled"):
-        _config(tmp_path, MEDIASERVER_API_ENABLED="false", MEDIASERVER_AUTH_PUBLISH_MODE="database")
+        _config(tmp_path, MEDIASERVER_API_ENABLED="false")
 
 
 @pytest.mark.parametrize(
