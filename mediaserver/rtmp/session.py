@@ -509,6 +509,9 @@ class RtmpSession(asyncio.Protocol):
         self._cancel_timer()
         self._send_user_control(UC_STREAM_BEGIN, stream_id)
         self._send_status(stream_id, "status", "NetStream.Publish.Start", f"{name} is now published.")
+        if result.camera_id is not None:
+            # The stream is named after the camera, not the secret key: safe to log whole.
+            shown = f"{result.app}/{result.name} camera={result.camera_id}"
         log.info("event=publish_start protocol=%s peer=%s stream=%s", self.protocol, self.peer, shown)
 
     def _cmd_play(self, args: list[Any], stream_id: int) -> None:
