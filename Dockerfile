@@ -8,11 +8,11 @@ COPY control ./control
 COPY web ./web
 COPY config.example.toml ./
 RUN pip install --no-cache-dir . \
-    && useradd --system --home /app mediaserver \
+    && useradd --system --uid 10001 --home /app mediaserver \
     && mkdir -p /data \
     && chown mediaserver /data
 
-USER mediaserver
+USER 10001
 ENV MEDIASERVER_SERVER_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 1935 1936 8080
