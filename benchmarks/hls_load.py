@@ -47,7 +47,6 @@ import os
 import platform
 import re
 import resource
-import signal
 import sys
 import time
 from collections import Counter
@@ -59,8 +58,6 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.clip import ensure_clip
-from benchmarks.flvfile import read_flv
 from benchmarks.rtmp_load import (
     APP,
     CLK_TCK,
@@ -80,6 +77,8 @@ from benchmarks.rtmp_load import (
     percentile,
     raise_fd_limit,
     rss_bytes,
+    run_interruptible,
+    run_targets,
 )
 
 # A viewer waits this long after a failed request before it tries again (as a player backs off).
@@ -868,43 +867,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def _main(args: argparse.Namespace) -> list[HlsResult]:
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    if main_task is not None:
-        loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
-    clip_path = args.clip if args.clip is not None else await asyncio.to_thread(ensure_clip)
-    clip = EncodedClip(read_flv(clip_path))
-    log(f"clip {clip_path}: {clip.duration_ms / 1000:.2f} s, {clip.bitrate_bps / 1e6:.2f} Mbit/s")
-    targets = ["ours", "nginx"] if args.target == "both" else [args.target]
-    results: list[HlsResult] = []
-    for index, target in enumerate(targets):
-        if index:
-            await asyncio.sleep(2.0)  # let the previous run's sockets and processes go
-        results.append(await run_target(target, args, clip))
-    return results
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Our sockets and the server's (it inherits the limit): publishers, viewers, and some slack.
     raise_fd_limit(2 * (args.streams + args.viewers) + 512)
     started = time.monotonic()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        try:
-            results = runner.run(_main(args))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            log("interrupted; everything started was stopped")
-            return 130
+    results = run_interruptible(run_targets(args, run_target))
+    if results is None:
+        return 130
     print()
     print(format_table(results))
     ratio = ratios(results)

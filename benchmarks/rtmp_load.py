@@ -41,10 +41,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.clip import ensure_clip
 from benchmarks.flvfile import TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO, FlvTag, read_flv
@@ -65,6 +65,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Above this the single-threaded load generator is the bottleneck, not the server.
 SATURATED_CPU_PCT = 90.0
 SATURATED_LAG_MS = 100.0
+
+
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -881,7 +884,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def _main(args: argparse.Namespace) -> list[RunResult]:
+async def run_targets(
+    args: argparse.Namespace, run_one: Callable[[str, argparse.Namespace, EncodedClip], Awaitable[T]]
+) -> list[T]:
+    """Load the clip, then run `run_one` for each target of `--target`, one after the other."""
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     if main_task is not None:
@@ -890,33 +896,37 @@ async def _main(args: argparse.Namespace) -> list[RunResult]:
     clip = EncodedClip(read_flv(clip_path))
     log(f"clip {clip_path}: {clip.duration_ms / 1000:.2f} s, {clip.bitrate_bps / 1e6:.2f} Mbit/s")
     targets = ["ours", "nginx"] if args.target == "both" else [args.target]
-    results: list[RunResult] = []
+    results: list[T] = []
     for index, target in enumerate(targets):
         if index:
             await asyncio.sleep(2.0)  # let the previous run's sockets and processes go
-        results.append(await run_target(target, args, clip))
+        results.append(await run_one(target, args, clip))
     return results
 
 
-def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def run_interruptible(main: Coroutine[Any, Any, list[T]]) -> list[T] | None:
+    """Run the tool's main coroutine on uvloop when available; None when interrupted (all stopped)."""
     try:
         import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     except ImportError:
-        return asyncio.new_event_loop
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            return runner.run(main)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            log("interrupted; everything started was stopped")
+            return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_fd_limit(2 * (args.publishers * (1 + args.players)) + 512)
     started = time.monotonic()
-    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-        try:
-            results = runner.run(_main(args))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            log("interrupted; everything started was stopped")
-            return 130
+    results = run_interruptible(run_targets(args, run_target))
+    if results is None:
+        return 130
     print()
     print(format_table(results))
     ratio = ratios(results)
