@@ -42,19 +42,15 @@ import argparse
 import array
 import asyncio
 import contextlib
-import json
-import os
-import platform
 import re
 import resource
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -79,6 +75,7 @@ from benchmarks.rtmp_load import (
     rss_bytes,
     run_interruptible,
     run_targets,
+    write_report,
 )
 
 # A viewer waits this long after a failed request before it tries again (as a player backs off).
@@ -896,16 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in result.server_log_problems:
             print(f"[{result.target}] server log: {line}")
     if args.json is not None:
-        report: dict[str, Any] = {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "wall_seconds": round(time.monotonic() - started, 1),
-            "results": [asdict(r) for r in results],
-            "ratio": ratio,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, args, started, results, ratio)
     return 0
 
 

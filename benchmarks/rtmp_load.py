@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -904,6 +904,22 @@ async def run_targets(
     return results
 
 
+def write_report(
+    path: Path, args: argparse.Namespace, started: float, results: Sequence[Any], ratio: dict[str, float] | None
+) -> None:
+    """The run as JSON: when, where, the options, and every figure of every target."""
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "results": [asdict(r) for r in results],
+        "ratio": ratio,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def run_interruptible(main: Coroutine[Any, Any, list[T]]) -> list[T] | None:
     """Run the tool's main coroutine on uvloop when available; None when interrupted (all stopped)."""
     try:
@@ -947,16 +963,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in result.server_log_problems:
             print(f"[{result.target}] server log: {line}")
     if args.json is not None:
-        report: dict[str, Any] = {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "wall_seconds": round(time.monotonic() - started, 1),
-            "results": [asdict(r) for r in results],
-            "ratio": ratio,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, args, started, results, ratio)
     return 0
 
 

@@ -9,26 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.clip import make_clip
-from tests.conftest import require
-
 REPO = Path(__file__).resolve().parents[2]
-
-# A short, light version of the reference clip: 4 s at 320x240, a keyframe every second.
-SMALL_CLIP_ARGS = [
-    "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
-    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-    "-t", "4",
-    "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-b:v", "300k", "-pix_fmt", "yuv420p",
-    "-c:a", "aac", "-b:a", "64k", "-ac", "2",
-    "-f", "flv",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def small_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require("ffmpeg")
-    return make_clip(tmp_path_factory.mktemp("clip") / "small.flv", SMALL_CLIP_ARGS)
 
 
 @pytest.mark.timeout(60)
