@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 from benchmarks.clip import ensure_clip
 from benchmarks.flvfile import TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO, FlvTag, read_flv
-from mediaserver.flv import FlvError, parse_audio, parse_video
+from mediaserver.formats.flv import FlvError, parse_audio, parse_video
 from mediaserver.rtmp import chunk
 from mediaserver.rtmp.amf import encode_amf0
 from mediaserver.rtmp.chunk import Message, encode_message

@@ -52,7 +52,7 @@ from typing import Any
 from benchmarks.clip import ensure_clip
 from benchmarks.flvfile import TAG_AUDIO, TAG_VIDEO, read_flv
 from benchmarks.rtmp_load import cpu_ticks, free_port, machine_busy_ticks, process_tree, rss_bytes
-from mediaserver.flv import parse_audio, parse_video
+from mediaserver.formats.flv import parse_audio, parse_video
 from mediaserver.rtmp.client import RtmpClient
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mediaserver.background import BackgroundTask
-from mediaserver.flv import FlvError, aac_config, h264_resolution, opus_config
+from mediaserver.codecs import CodecError, aac, h264, opus
 from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
 
 log = logging.getLogger("mediaserver.hub")
@@ -138,8 +138,8 @@ class Stream:
             track.version += 1
             if packet.codec is Codec.H264:
                 try:
-                    track.width, track.height = h264_resolution(track.config)
-                except (FlvError, IndexError) as exc:
+                    track.width, track.height = h264.resolution(track.config)
+                except (CodecError, IndexError) as exc:
                     log.warning("event=bad_sps stream=%s error=%s", self.key, exc)
             # A new configuration makes the cached GOP undecodable.
             self._gop = []
@@ -154,10 +154,10 @@ class Stream:
             track.version += 1
             try:
                 if packet.codec is Codec.AAC:
-                    track.sample_rate, track.channels = aac_config(track.config)
+                    track.sample_rate, track.channels = aac.audio_config(track.config)
                 elif packet.codec is Codec.OPUS:
-                    track.sample_rate, track.channels = opus_config(track.config)
-            except FlvError as exc:
+                    track.sample_rate, track.channels = opus.head_config(track.config)
+            except CodecError as exc:
                 log.warning("event=bad_audio_config stream=%s error=%s", self.key, exc)
 
     def sample_rates(self, now: float) -> None:

@@ -19,7 +19,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from mediaserver.hls import fmp4
+from mediaserver.codecs.strings import codec_string
+from mediaserver.formats import fmp4
 from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
 
 log = logging.getLogger("mediaserver.hls")
@@ -242,7 +243,7 @@ class HlsStream:
         )
 
     def codecs(self) -> list[str]:
-        return [fmp4.codec_string(t) for t in self._tracks]
+        return [codec_string(t) for t in self._tracks]
 
     @property
     def resolution(self) -> tuple[int, int]:

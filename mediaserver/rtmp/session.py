@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from mediaserver.auth import Authorizer, Denied, redact, split_stream_name
 from mediaserver.config import RtmpConfig
-from mediaserver.flv import FlvError, parse_audio, parse_video
+from mediaserver.formats.flv import FlvError, parse_audio, parse_video
 from mediaserver.hub import Hub, Stream, StreamTaken
 from mediaserver.media import Codec, Packet, TrackKind
 from mediaserver.metrics import Metrics

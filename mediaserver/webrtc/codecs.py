@@ -14,7 +14,7 @@ import copy
 from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
 
-from mediaserver.webrtc.annexb import AvcConfig
+from mediaserver.codecs.h264 import AvcConfig
 
 PROFILE_BASELINE = 66
 PROFILE_MAIN = 77

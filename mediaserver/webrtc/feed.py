@@ -13,9 +13,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from mediaserver.codecs.annexb import AnnexBError, avcc_to_annexb
+from mediaserver.codecs.h264 import AvcConfig, parse_avcc
 from mediaserver.hub import Stream
 from mediaserver.media import Codec, Packet, TrackKind
-from mediaserver.webrtc.annexb import AnnexBError, AvcConfig, avcc_to_annexb, parse_avcc
 from mediaserver.webrtc.tracks import AUDIO_CLOCK, AudioUnit, H264Track, OpusTrack, VideoUnit
 from mediaserver.webrtc.transcode import AacToOpus, TranscodeStats
 

@@ -23,19 +23,17 @@ from typing import Any
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
 
-from mediaserver.flv import aac_frame, aac_sequence_header, avc_frame, avc_sequence_header, parse_audio, parse_video
-from mediaserver.hub import Stream
-from mediaserver.webrtc.annexb import (
-    NAL_AUD,
-    NAL_IDR,
-    NAL_PPS,
-    NAL_SPS,
-    AnnexBError,
-    avc_decoder_config,
-    nal_type,
-    split_annexb,
-    to_avcc,
+from mediaserver.codecs.annexb import AnnexBError, split_annexb, to_avcc
+from mediaserver.codecs.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, avc_decoder_config, nal_type
+from mediaserver.formats.flv import (
+    aac_frame,
+    aac_sequence_header,
+    avc_frame,
+    avc_sequence_header,
+    parse_audio,
+    parse_video,
 )
+from mediaserver.hub import Stream
 from mediaserver.webrtc.transcode import AacOut, OpusToAac, TranscodeStats
 
 log = logging.getLogger("mediaserver.webrtc")

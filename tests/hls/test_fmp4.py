@@ -20,10 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mediaserver.hls.fmp4 import (
+from mediaserver.codecs import CodecError
+from mediaserver.codecs.strings import codec_string
+from mediaserver.formats.fmp4 import (
     Fmp4Error,
     Sample,
-    codec_string,
     init_segment,
     media_segment,
     ms_to_timescale,
@@ -494,7 +495,7 @@ def test_codec_strings() -> None:
     assert codec_string(TrackInfo(TrackKind.AUDIO, Codec.AAC, bytes.fromhex("2b920800"))) == "mp4a.40.5"
     assert codec_string(TrackInfo(TrackKind.AUDIO, Codec.AAC, bytes.fromhex("f940"))) == "mp4a.40.42"
     assert codec_string(encode_audio("libopus", 48000).track) == "opus"
-    with pytest.raises(Fmp4Error):
+    with pytest.raises(CodecError):
         codec_string(TrackInfo(TrackKind.VIDEO, Codec.VP9, b"\x01"))
 
 

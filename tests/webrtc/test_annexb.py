@@ -9,17 +9,18 @@ import pytest
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
 
-from mediaserver.flv import aac_frame, aac_sequence_header, avc_frame, avc_sequence_header, parse_audio, parse_video
-from mediaserver.media import Codec, TrackKind
-from mediaserver.webrtc.annexb import (
-    START_CODE,
-    AnnexBError,
-    avc_decoder_config,
-    avcc_to_annexb,
-    parse_avcc,
-    split_annexb,
-    to_avcc,
+from mediaserver.codecs import CodecError
+from mediaserver.codecs.annexb import avcc_to_annexb, split_annexb, to_avcc
+from mediaserver.codecs.h264 import START_CODE, avc_decoder_config, parse_avcc
+from mediaserver.formats.flv import (
+    aac_frame,
+    aac_sequence_header,
+    avc_frame,
+    avc_sequence_header,
+    parse_audio,
+    parse_video,
 )
+from mediaserver.media import Codec, TrackKind
 from mediaserver.webrtc.codecs import answer_codecs, choose_h264
 from mediaserver.webrtc.ice import strip_mdns_candidates
 
@@ -49,7 +50,7 @@ def test_avcc_record_round_trip() -> None:
     [b"", b"\x01\x64\x00", b"\x02" + bytes(10), b"\x01\x64\x00\x1e\xff\xe1\x00\x40" + SPS, b"\x01\x64\x00\x1e\xfe\xe1"],
 )
 def test_bad_avcc_records_are_errors(record: bytes) -> None:
-    with pytest.raises(AnnexBError):
+    with pytest.raises(CodecError):
         parse_avcc(record)
 
 
@@ -72,7 +73,7 @@ def test_idr_gets_parameter_sets_and_delimiters_go() -> None:
 
 @pytest.mark.parametrize("payload", [b"\x00\x00", b"\x00\x00\x00\x30\x65\x00", length_prefixed(IDR)[:-1]])
 def test_truncated_frames_are_errors(payload: bytes) -> None:
-    with pytest.raises(AnnexBError):
+    with pytest.raises(CodecError):
         avcc_to_annexb(payload, 4)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from mediaserver.flv import avc_frame, avc_sequence_header
+from mediaserver.codecs.h264 import START_CODE, avc_decoder_config
+from mediaserver.formats.flv import avc_frame, avc_sequence_header
 from mediaserver.hub import Hub, Stream
-from mediaserver.webrtc.annexb import START_CODE, avc_decoder_config
 from mediaserver.webrtc.feed import StreamFeed, Viewer
 from mediaserver.webrtc.tracks import DEFAULT_TICKS, SQUEEZED_TICKS, H264Track, UnitQueue, VideoUnit
 from mediaserver.webrtc.transcode import TranscodeStats
@@ -22,7 +22,7 @@ class FakePublisher:
 
 
 def push_video(stream: Stream, ts: int, key: bool) -> None:
-    from mediaserver.flv import parse_video
+    from mediaserver.formats.flv import parse_video
 
     packet = parse_video(avc_frame(length_prefixed(IDR if key else SLICE), key), ts)
     assert packet is not None
@@ -30,7 +30,7 @@ def push_video(stream: Stream, ts: int, key: bool) -> None:
 
 
 def live_stream(hub: Hub, name: str = "cam") -> Stream:
-    from mediaserver.flv import parse_video
+    from mediaserver.formats.flv import parse_video
 
     stream = hub.publish("live", name, FakePublisher())
     config = parse_video(avc_sequence_header(avc_decoder_config([SPS], [PPS])), 0)

@@ -9,6 +9,7 @@ Parsing reads a handful of header bytes per message and never touches the payloa
 
 from __future__ import annotations
 
+from mediaserver.codecs import CodecError
 from mediaserver.media import Codec, Packet, TrackKind
 
 _VIDEO_FOURCC = {b"avc1": Codec.H264, b"hvc1": Codec.H265, b"av01": Codec.AV1, b"vp09": Codec.VP9}
@@ -30,7 +31,7 @@ VIDEO_FRAME_KEY = 1
 VIDEO_FRAME_COMMAND = 5
 
 
-class FlvError(ValueError):
+class FlvError(CodecError):
     """A tag body too short or of a kind we do not carry."""
 
 
@@ -148,126 +149,6 @@ def parse_audio(body: bytes | bytearray, timestamp: int) -> Packet | None:
         is_config = body[1] == 0
         return Packet(TrackKind.AUDIO, codec, timestamp, timestamp, True, body, 2, is_config)
     return Packet(TrackKind.AUDIO, codec, timestamp, timestamp, True, body, 1)
-
-
-_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
-
-
-def aac_config(asc: bytes | memoryview) -> tuple[int, int]:
-    """(sample rate, channels) from an AudioSpecificConfig."""
-    if len(asc) < 2:
-        raise FlvError("AudioSpecificConfig too short")
-    bits = (asc[0] << 8) | asc[1]
-    object_type = bits >> 11
-    index = (bits >> 7) & 0x0F
-    channels = (bits >> 3) & 0x0F
-    if object_type == 31 or index == 15:
-        # Escaped object type or explicit 24-bit rate: rare enough to report without decoding further.
-        return 0, channels
-    return (_AAC_RATES[index] if index < len(_AAC_RATES) else 0), channels
-
-
-def opus_config(head: bytes | memoryview) -> tuple[int, int]:
-    """(input sample rate, channels) from an OpusHead."""
-    if len(head) < 19 or bytes(head[:8]) != b"OpusHead":
-        raise FlvError("not an OpusHead")
-    return int.from_bytes(head[12:16], "little"), head[9]
-
-
-class _BitReader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def bit(self) -> int:
-        byte = self.pos >> 3
-        if byte >= len(self.data):
-            raise FlvError("SPS truncated")
-        value = (self.data[byte] >> (7 - (self.pos & 7))) & 1
-        self.pos += 1
-        return value
-
-    def bits(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            value = (value << 1) | self.bit()
-        return value
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.bit() == 0:
-            zeros += 1
-            if zeros > 31:
-                raise FlvError("bad exp-Golomb code")
-        return (1 << zeros) - 1 + self.bits(zeros)
-
-    def se(self) -> int:
-        k = self.ue()
-        return (k + 1) // 2 if k & 1 else -(k // 2)
-
-
-def _unescape(nal: bytes) -> bytes:
-    return nal.replace(b"\x00\x00\x03", b"\x00\x00")
-
-
-def _skip_scaling_list(r: _BitReader, size: int) -> None:
-    last = next_ = 8
-    for _ in range(size):
-        if next_ != 0:
-            next_ = (last + r.se() + 256) % 256
-        last = next_ if next_ != 0 else last
-
-
-def h264_resolution(avcc: bytes | memoryview) -> tuple[int, int]:
-    """Width and height from the first SPS of an avcC record (configuration time only)."""
-    if len(avcc) < 8 or avcc[5] & 0x1F == 0:
-        raise FlvError("avcC without SPS")
-    sps_len = (avcc[6] << 8) | avcc[7]
-    sps = _unescape(bytes(avcc[8 : 8 + sps_len]))
-    if len(sps) < 4:
-        raise FlvError("SPS truncated")
-    r = _BitReader(sps[1:])
-    profile = r.bits(8)
-    r.bits(16)
-    r.ue()
-    chroma = 1
-    if profile in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
-        chroma = r.ue()
-        if chroma == 3:
-            r.bit()
-        r.ue()
-        r.ue()
-        r.bit()
-        if r.bit():
-            for i in range(8 if chroma != 3 else 12):
-                if r.bit():
-                    _skip_scaling_list(r, 16 if i < 6 else 64)
-    r.ue()
-    poc_type = r.ue()
-    if poc_type == 0:
-        r.ue()
-    elif poc_type == 1:
-        r.bit()
-        r.se()
-        r.se()
-        for _ in range(r.ue()):
-            r.se()
-    r.ue()
-    r.bit()
-    width_mbs = r.ue() + 1
-    height_units = r.ue() + 1
-    frame_mbs_only = r.bit()
-    if not frame_mbs_only:
-        r.bit()
-    r.bit()
-    crop = (0, 0, 0, 0)
-    if r.bit():
-        crop = (r.ue(), r.ue(), r.ue(), r.ue())
-    sub_w = 2 if chroma in (1, 2) else 1
-    sub_h = (2 if chroma == 1 else 1) * (2 - frame_mbs_only)
-    width = width_mbs * 16 - sub_w * (crop[0] + crop[1])
-    height = height_units * 16 * (2 - frame_mbs_only) - sub_h * (crop[2] + crop[3])
-    return width, height
 
 
 # ----- FLV tag bodies from codec data (the reverse of parse_video/parse_audio, for ingest that is not RTMP) -----

@@ -1,4 +1,4 @@
-"""Fragmented MP4 (CMAF) boxes: the init segment, media segments and RFC 6381 codec strings.
+"""Fragmented MP4 (CMAF) boxes: the init segment and media segments (codec strings: `codecs.strings`).
 
 The init segment is `ftyp` + `moov` with one empty-table track per stream and an `mvex`;
 each media segment is one `moof` (a `traf` per track) followed by one `mdat`. Sample
@@ -16,11 +16,11 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from mediaserver.flv import FlvError, aac_config, h264_resolution
+from mediaserver.codecs import CodecError, aac, h264, opus
 from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
 
 
-class Fmp4Error(ValueError):
+class Fmp4Error(CodecError):
     """A track or sample that cannot be written as fragmented MP4."""
 
 
@@ -35,7 +35,7 @@ class Sample:
 
 
 VIDEO_TIMESCALE = 90000
-OPUS_TIMESCALE = 48000  # Opus always decodes at 48 kHz, whatever OpusHead's input rate says.
+OPUS_TIMESCALE = opus.CLOCK_RATE
 
 _U32 = struct.Struct(">I")
 _BOX_HEADER = struct.Struct(">I4s")
@@ -85,8 +85,8 @@ def track_timescale(track: TrackInfo) -> int:
         rate = track.sample_rate
         if not rate and track.codec is Codec.AAC and track.config:
             try:
-                rate = aac_config(track.config)[0]
-            except FlvError as exc:
+                rate = aac.audio_config(track.config)[0]
+            except CodecError as exc:
                 raise Fmp4Error(str(exc)) from exc
         if rate <= 0:
             raise Fmp4Error(f"{track.codec.value} track without a sample rate")
@@ -158,8 +158,8 @@ def _video_size(track: TrackInfo) -> tuple[int, int]:
     width, height = track.width, track.height
     if (not width or not height) and track.codec is Codec.H264 and track.config:
         try:
-            width, height = h264_resolution(track.config)
-        except FlvError as exc:
+            width, height = h264.resolution(track.config)
+        except CodecError as exc:
             raise Fmp4Error(f"no video size: {exc}") from exc
     if not 0 <= width <= 0xFFFF or not 0 <= height <= 0xFFFF:
         raise Fmp4Error(f"video size {width}x{height} out of range")
@@ -430,68 +430,3 @@ def packets_to_samples(
     final = last_duration if last_duration is not None else samples[-1].duration
     samples.append(Sample(p.data, final, cts, p.keyframe))
     return base, samples
-
-
-# --------------------------------------------------------------------------- codec strings
-
-
-def _aac_object_type(asc: bytes) -> int:
-    if len(asc) < 2:
-        raise Fmp4Error("AudioSpecificConfig too short")
-    aot = asc[0] >> 3
-    if aot == 31:
-        aot = 32 + (((asc[0] & 0x07) << 3) | (asc[1] >> 5))
-    return aot
-
-
-def _hevc_codec_string(hvcc: bytes) -> str:
-    if len(hvcc) < 23 or hvcc[0] != 1:
-        raise Fmp4Error("malformed hvcC")
-    profile_space = hvcc[1] >> 6
-    tier = "H" if hvcc[1] & 0x20 else "L"
-    profile_idc = hvcc[1] & 0x1F
-    compat = int.from_bytes(hvcc[2:6], "big")
-    reversed_compat = int(f"{compat:032b}"[::-1], 2)
-    constraints = hvcc[6:12].rstrip(b"\x00")
-    level = hvcc[12]
-    parts = [
-        "hvc1",
-        ("", "A", "B", "C")[profile_space] + str(profile_idc),
-        f"{reversed_compat:X}",
-        f"{tier}{level}",
-        *(f"{b:X}" for b in constraints),
-    ]
-    return ".".join(parts)
-
-
-def _av1_codec_string(av1c: bytes) -> str:
-    if len(av1c) < 4 or av1c[0] != 0x81:
-        raise Fmp4Error("malformed av1C")
-    profile = av1c[1] >> 5
-    level = av1c[1] & 0x1F
-    tier = "H" if av1c[2] & 0x80 else "M"
-    high_bitdepth = av1c[2] & 0x40
-    twelve_bit = av1c[2] & 0x20
-    depth = (12 if twelve_bit and profile == 2 else 10) if high_bitdepth else 8
-    return f"av01.{profile}.{level:02d}{tier}.{depth:02d}"
-
-
-def codec_string(track: TrackInfo) -> str:
-    """The RFC 6381 `codecs` value for an HLS playlist."""
-    config = bytes(track.config)
-    codec = track.codec
-    if codec is Codec.OPUS:
-        return "opus"
-    if not config:
-        raise Fmp4Error(f"{codec.value} track without a decoder configuration")
-    if codec is Codec.H264:
-        if len(config) < 4 or config[0] != 1:
-            raise Fmp4Error("malformed avcC")
-        return f"avc1.{config[1:4].hex()}"
-    if codec is Codec.H265:
-        return _hevc_codec_string(config)
-    if codec is Codec.AV1:
-        return _av1_codec_string(config)
-    if codec is Codec.AAC:
-        return f"mp4a.40.{_aac_object_type(config)}"
-    raise Fmp4Error(f"no MP4 codec string for {codec.value}")
