@@ -122,6 +122,11 @@ class DatabaseAuthorizer:
                     return Denied("bad_play_token")
             except TokenError as exc:
                 return Denied(str(exc))
+            # A fresh token each time: an HLS viewer's cookie is renewed by every playlist reload.
+            fresh, _ = self._tokens.issue_play(camera.id)
+            return StreamGrant(
+                app, camera.id, camera_id=camera.id, credential=fresh, credential_ttl=self._tokens.play_ttl
+            )
         return StreamGrant(app, camera.id, camera_id=camera.id)
 
     async def _deny(self, peer: str, reason: str, app: str, key: str, camera_id: str = "") -> Denied:

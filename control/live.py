@@ -16,7 +16,8 @@ from control.api.base import CAMERA_ID
 from control.audit import SYSTEM, Audit
 from control.store import Camera, Store
 from control.store.types import utcnow
-from mediaserver.hub import Hub, Stream
+from mediaserver.events import StreamEvent, StreamEventKind
+from mediaserver.hub import HubView
 
 log = logging.getLogger("control.live")
 
@@ -24,7 +25,7 @@ _STOP = object()
 
 
 class CameraLiveTracker:
-    def __init__(self, store: Store, audit: Audit, hub: Hub, app: str, refresh_interval: float = 15.0) -> None:
+    def __init__(self, store: Store, audit: Audit, hub: HubView, app: str, refresh_interval: float = 15.0) -> None:
         self._store = store
         self._audit = audit
         self._hub = hub
@@ -36,7 +37,7 @@ class CameraLiveTracker:
 
     def start(self) -> None:
         if not self._attached:
-            self._hub.add_listener(self.on_hub_event)
+            self._hub.listen(self.on_hub_event)
             self._attached = True
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -53,11 +54,12 @@ class CameraLiveTracker:
                 await self._task
         self._task = None
 
-    def on_hub_event(self, event: str, stream: Stream) -> None:
+    def on_hub_event(self, event: StreamEvent) -> None:
+        stream = event.stream
         if stream.app != self._app or not CAMERA_ID.match(stream.name):
             return
-        if event in ("stream_started", "stream_stopped"):
-            self._queue.put_nowait((event, stream.name, stream.publisher.peer, int(stream.bitrate)))
+        if event.kind in (StreamEventKind.STARTED, StreamEventKind.STOPPED):
+            self._queue.put_nowait((event.kind, stream.name, stream.publisher.peer, int(stream.bitrate)))
 
     async def idle(self) -> None:
         """Wait until every queued event is in the database (tests)."""
@@ -84,8 +86,8 @@ class CameraLiveTracker:
         except Exception:
             log.exception("event=camera_status_update_failed")
 
-    async def _apply(self, event: str, camera_id: str, peer: str, bitrate: int) -> None:
-        online = event == "stream_started"
+    async def _apply(self, event: StreamEventKind, camera_id: str, peer: str, bitrate: int) -> None:
+        online = event is StreamEventKind.STARTED
         status = "online" if online else "offline"
         now = utcnow()
         async with self._store.sessions.begin() as session:
@@ -104,7 +106,7 @@ class CameraLiveTracker:
         log.info("event=camera_%s camera=%s peer=%s", status, camera_id, peer)
 
     async def _refresh(self) -> None:
-        live = [s for s in list(self._hub.streams.values()) if s.app == self._app and CAMERA_ID.match(s.name)]
+        live = [s for s in self._hub.list() if s.app == self._app and CAMERA_ID.match(s.name)]
         if not live:
             return
         now = utcnow()

@@ -1,4 +1,4 @@
-"""HTTP middlewares of the control plane: security headers, CORS, and the HLS play gate."""
+"""HTTP middlewares of the control plane: security headers and CORS."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from control.errors import error_response
-from control.security import TokenService
-from mediaserver.auth import Authorizer, Denied
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PLAY_COOKIE = "ms_play"
 
 API_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -74,38 +69,3 @@ def cors(origins: list[str]) -> Middleware:
         return response
 
     return cors_middleware
-
-
-def hls_gate(authorizer: Authorizer, tokens: TokenService) -> Middleware:
-    """Ask the authorizer before serving /hls/<app>/<name>/...
-
-    The play token may come as `?token=` (the URL the API hands out) or as a cookie the
-    playlist response sets, so that segment and part requests, whose URIs carry no query,
-    are allowed too. Every playlist reload renews the cookie, so a viewer keeps watching.
-    """
-
-    @web.middleware
-    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        parts = request.path.split("/")
-        if len(parts) < 5 or parts[1] != "hls":
-            return await handler(request)
-        app, name = parts[2], parts[3]
-        token = request.query.get("token") or request.cookies.get(PLAY_COOKIE, "")
-        result = await authorizer.authorize_play(app, name, {"token": token}, request.remote or "")
-        if isinstance(result, Denied):
-            return error_response(403, "forbidden", f"playback refused: {result.reason}")
-        response = await handler(request)
-        if token and parts[-1].endswith(".m3u8") and not response.prepared:
-            fresh, _ = tokens.issue_play(name)
-            response.set_cookie(
-                PLAY_COOKIE,
-                fresh,
-                path=f"/hls/{app}/{name}/",
-                max_age=tokens.play_ttl,
-                httponly=True,
-                samesite="Lax",
-                secure=request.secure,
-            )
-        return response
-
-    return gate

@@ -24,14 +24,14 @@ from control.api.base import ApiError, ApiRoute, Handler
 from control.audit import SYSTEM, Audit
 from control.authorizer import DatabaseAuthorizer
 from control.live import CameraLiveTracker
-from control.middleware import cors, hls_gate, security_headers
+from control.middleware import cors, security_headers
 from control.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from control.rbac import Role
+from control.rbac import Permission, Role
 from control.security import PasswordHasher, TokenService, load_or_create_secret
 from control.services import PRINCIPAL, SERVICES, Services
 from control.store import Camera, Store, User
 from mediaserver.config import Config, ConfigError
-from mediaserver.hub import Hub
+from mediaserver.hub import HubView
 
 log = logging.getLogger("control.plane")
 
@@ -44,23 +44,26 @@ def all_routes() -> list[ApiRoute]:
     return [route for module in tables for route in module.routes.routes]
 
 
+async def admit(request: web.Request, svc: Services, permission: Permission | None) -> None:
+    """Authenticate the request, check the permission and the rate limit; raises ApiError (401/403/429)."""
+    who = await authenticate(request, svc)
+    if permission is not None and not who.can(permission):
+        raise ApiError(403, "forbidden", f"this needs the {permission.value} permission")
+    subject = f"tok:{who.token_id}" if who.token_id is not None else f"user:{who.user_id}"
+    decision = await svc.limiter.hit(f"api:{subject}", svc.config.api.rate_per_token, svc.config.api.rate_window)
+    if not decision.allowed:
+        retry = max(1, int(decision.retry_after + 0.999))
+        raise ApiError(429, "rate_limited", "too many requests", headers={"Retry-After": str(retry)})
+    request[PRINCIPAL] = who
+
+
 def guarded(route: ApiRoute, svc: Services) -> Handler:
     """The route's handler behind authentication, its declared permission and the rate limit."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
             if route.authenticated:
-                who = await authenticate(request, svc)
-                if route.permission is not None and not who.can(route.permission):
-                    raise ApiError(403, "forbidden", f"this needs the {route.permission.value} permission")
-                subject = f"tok:{who.token_id}" if who.token_id is not None else f"user:{who.user_id}"
-                decision = await svc.limiter.hit(
-                    f"api:{subject}", svc.config.api.rate_per_token, svc.config.api.rate_window
-                )
-                if not decision.allowed:
-                    retry = max(1, int(decision.retry_after + 0.999))
-                    raise ApiError(429, "rate_limited", "too many requests", headers={"Retry-After": str(retry)})
-                request[PRINCIPAL] = who
+                await admit(request, svc, route.permission)
             return await route.handler(request)
         except ApiError as exc:
             return exc.response()
@@ -69,8 +72,22 @@ def guarded(route: ApiRoute, svc: Services) -> Handler:
     return handler
 
 
+class ApiStatsGate:
+    """The data plane's stats routes (/api/v1/streams, /api/v1/webrtc/sessions) behind the API's own checks."""
+
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+
+    async def check(self, request: web.Request, permission: str) -> web.StreamResponse | None:
+        try:
+            await admit(request, self._svc, Permission(permission))
+        except ApiError as exc:
+            return exc.response()
+        return None
+
+
 class ControlPlane:
-    def __init__(self, config: Config, hub: Hub, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Config, hub: HubView, environ: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.hub = hub
         self._environ = os.environ if environ is None else environ
@@ -94,6 +111,7 @@ class ControlPlane:
             config, self.store, self.hasher, self.tokens, self.audit, self.limiter, self.authorizer, hub
         )
         self.live = CameraLiveTracker(self.store, self.audit, hub, config.api.publish_app)
+        self.stats_gate = ApiStatsGate(self.services)
         self.routes = all_routes()
 
     def install(self, app: web.Application) -> None:
@@ -106,8 +124,6 @@ class ControlPlane:
         app.middlewares.insert(0, security_headers)
         if self.config.api.cors_origins:
             app.middlewares.insert(1, cors(self.config.api.cors_origins))
-        if self.config.auth.publish_mode == "database":
-            app.middlewares.append(hls_gate(self.authorizer, self.tokens))
 
     async def start(self) -> None:
         if not self.tokens.ready:

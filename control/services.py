@@ -14,7 +14,7 @@ from control.rbac import Permission
 from control.security import PasswordHasher, TokenService
 from control.store import Store
 from mediaserver.config import Config
-from mediaserver.hub import Hub
+from mediaserver.hub import HubView
 
 if TYPE_CHECKING:
     from control.authorizer import DatabaseAuthorizer
@@ -46,7 +46,7 @@ class Services:
     audit: Audit
     limiter: RateLimiter
     authorizer: DatabaseAuthorizer
-    hub: Hub
+    hub: HubView
     started_at: float = field(default_factory=time.time)
 
 

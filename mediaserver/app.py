@@ -1,4 +1,5 @@
-"""The server process: hub, RTMP(S) listeners and the HTTP application, started together."""
+"""The composition root: hub, RTMP(S) listeners, the HTTP application and, unless `api.enabled = false`, the
+control plane, built and started together. The only data-plane module that imports `control`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
-from control.http import create_app
 from control.plane import ControlPlane
 from mediaserver.auth import AllowAll, Authorizer, StaticKeys
 from mediaserver.config import Config
 from mediaserver.hls.segmenter import HlsSettings
 from mediaserver.hls.service import HlsService
+from mediaserver.http.access import OpenStats, PlayAccess, StatsGate
+from mediaserver.http.app import create_app
 from mediaserver.hub import Hub
 from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
@@ -49,19 +51,28 @@ class MediaServer:
         self.control = ControlPlane(config, self.hub) if config.api.enabled else None
         self.authorizer = authorizer or make_authorizer(config, self.control)
         self.rtmp_context = RtmpContext(config.rtmp, self.hub, self.authorizer, self.metrics)
+        # One play-authorization path for HLS and WHEP (RTMP play asks the same authorizer).
+        self.play_access = PlayAccess(self.authorizer, self.metrics.registry)
+        stats_gate: StatsGate = self.control.stats_gate if self.control is not None else OpenStats()
         self._servers: list[asyncio.Server] = []
         self._runner: web.AppRunner | None = None
         self.hls: HlsService | None = None
         routes = []
         if config.hls.enabled:
             settings = HlsSettings(config.hls.segment_duration, config.hls.part_duration, config.hls.window)
-            self.hls = HlsService(self.hub, settings, self.metrics.registry, config.hls.grace_seconds)
+            self.hls = HlsService(self.hub, settings, self.metrics.registry, config.hls.grace_seconds, self.play_access)
             routes.extend(self.hls.routes())
         self.loop_lag = LoopLagMonitor(self.metrics.registry)
         self.webrtc: WebrtcService | None = None
         if config.webrtc.enabled:
             self.webrtc = WebrtcService(
-                self.hub, config.webrtc, self.metrics.registry, self.authorizer, self.metrics.traffic
+                self.hub,
+                config.webrtc,
+                self.metrics.registry,
+                self.authorizer,
+                self.metrics.traffic,
+                self.play_access,
+                stats_gate,
             )
             routes.extend(self.webrtc.routes())
         self.http_app = create_app(self.hub, self.metrics, routes)

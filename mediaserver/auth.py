@@ -6,6 +6,7 @@ and a static key list from config); the control plane plugs a database-backed on
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +19,9 @@ class StreamGrant:
     name: str
     # Filled in by authorizers that map stream keys to cameras.
     camera_id: str | None = None
+    # A credential the client may present again for this stream (HLS keeps it in a cookie), and its lifetime.
+    credential: str | None = None
+    credential_ttl: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +69,17 @@ def _key_matches(candidates: tuple[bytes, ...], presented: str) -> bool:
     return found
 
 
+def key_alias(key: str) -> str:
+    """The public name of a stream published under its own key (`live/<key>`): stable, and no key."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 class StaticKeys:
-    """Publish allowed when the stream name or its `key` parameter is a configured key."""
+    """Publish allowed when the stream name or its `key` parameter is a configured key.
+
+    A stream whose name is itself the key (nginx-rtmp style `live/<key>`) is published as `key_alias(key)`, so
+    the key never shows in stream lists, playlists, metrics or logs; playing `live/<key>` still finds it.
+    """
 
     def __init__(self, publish_keys: list[str], play_keys: list[str] | None = None, open_publish: bool = False) -> None:
         self._publish = tuple(k.encode() for k in publish_keys)
@@ -76,11 +89,17 @@ class StaticKeys:
     async def authorize_publish(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult:
         if self._open_publish:
             return StreamGrant(app, name)
-        if _key_matches(self._publish, name) or _key_matches(self._publish, params.get("key", "")):
+        if _key_matches(self._publish, name):
+            return StreamGrant(app, key_alias(name))
+        if _key_matches(self._publish, params.get("key", "")):
             return StreamGrant(app, name)
         return Denied("bad_stream_key")
 
     async def authorize_play(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult:
-        if not self._play or _key_matches(self._play, params.get("key", "")):
-            return StreamGrant(app, name)
+        shown = key_alias(name) if self._publish and _key_matches(self._publish, name) else name
+        if not self._play:
+            return StreamGrant(app, shown)
+        presented = params.get("key", "")
+        if _key_matches(self._play, presented):
+            return StreamGrant(app, shown, credential=presented)
         return Denied("bad_play_key")

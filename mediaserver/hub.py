@@ -18,6 +18,7 @@ from typing import Protocol
 
 from mediaserver.background import BackgroundTask
 from mediaserver.codecs import CodecError, aac, h264, opus
+from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
 
 log = logging.getLogger("mediaserver.hub")
@@ -52,7 +53,15 @@ class DropCounter:
 
 
 class Stream:
-    def __init__(self, app: str, name: str, publisher: Publisher, max_gop_bytes: int, drops: DropCounter) -> None:
+    def __init__(
+        self,
+        app: str,
+        name: str,
+        publisher: Publisher,
+        max_gop_bytes: int,
+        drops: DropCounter,
+        on_config: Callable[[Stream, TrackInfo], None] | None = None,
+    ) -> None:
         self.app = app
         self.name = name
         self.publisher = publisher
@@ -71,6 +80,7 @@ class Stream:
         self._gop_bytes = 0
         self._max_gop_bytes = max_gop_bytes
         self._drops = drops
+        self._on_config = on_config
         self.bytes_in = 0
         self.video_frames = 0
         self.audio_frames = 0
@@ -144,6 +154,8 @@ class Stream:
             # A new configuration makes the cached GOP undecodable.
             self._gop = []
             self._gop_bytes = 0
+            if self._on_config is not None:
+                self._on_config(self, track)
         else:
             if self.audio_config is not None and self.audio_config.flv == packet.flv:
                 return
@@ -159,6 +171,8 @@ class Stream:
                     track.sample_rate, track.channels = opus.head_config(track.config)
             except CodecError as exc:
                 log.warning("event=bad_audio_config stream=%s error=%s", self.key, exc)
+            if self._on_config is not None:
+                self._on_config(self, track)
 
     def sample_rates(self, now: float) -> None:
         then, bytes_then, frames_then = self._rate_mark
@@ -214,11 +228,23 @@ class Stream:
         }
 
 
-StreamListener = Callable[[str, Stream], None]
+StreamListener = Callable[[StreamEvent], None]
 
 
 class StreamTaken(Exception):
     pass
+
+
+class HubView(Protocol):
+    """What the control plane (and later the worker registry) may use of the hub."""
+
+    def get(self, app: str, name: str) -> Stream | None: ...
+
+    def list(self) -> list[Stream]: ...
+
+    def listen(self, listener: StreamListener) -> None: ...
+
+    def kick(self, app: str, name: str, reason: str) -> bool: ...
 
 
 class Hub:
@@ -230,27 +256,43 @@ class Hub:
         self._listeners: list[StreamListener] = []
         self._housekeeping = BackgroundTask(self._run_housekeeping)
 
-    def add_listener(self, listener: StreamListener) -> None:
-        """`listener(event, stream)` with event `stream_started` or `stream_stopped`."""
+    def listen(self, listener: StreamListener) -> None:
+        """`listener(event)` for every `StreamEvent`, called synchronously: it must not block."""
         self._listeners.append(listener)
 
-    def _emit(self, event: str, stream: Stream) -> None:
+    def _emit(self, event: StreamEvent) -> None:
         for listener in self._listeners:
             try:
-                listener(event, stream)
+                listener(event)
             except Exception:
-                log.exception("event=listener_failed hub_event=%s stream=%s", event, stream.key)
+                log.exception("event=listener_failed hub_event=%s stream=%s", event.kind.value, event.key)
+
+    def _config_changed(self, stream: Stream, track: TrackInfo) -> None:
+        kind = StreamEventKind.CODEC_CHANGED
+        self._emit(StreamEvent(kind, stream, track=track.kind.value, codec=track.codec.value, version=track.version))
 
     def get(self, app: str, name: str) -> Stream | None:
         return self.streams.get(f"{app}/{name}")
+
+    def list(self) -> list[Stream]:
+        return list(self.streams.values())
+
+    def kick(self, app: str, name: str, reason: str) -> bool:
+        """Disconnect a stream's publisher (camera disabled, key rotated, operator's request)."""
+        stream = self.get(app, name)
+        if stream is None:
+            return False
+        log.info("event=publisher_kicked stream=%s peer=%s reason=%s", stream.key, stream.publisher.peer, reason)
+        stream.publisher.stop(reason)
+        return True
 
     def publish(self, app: str, name: str, publisher: Publisher) -> Stream:
         key = f"{app}/{name}"
         if key in self.streams:
             raise StreamTaken(key)
-        stream = Stream(app, name, publisher, self.max_gop_bytes, self.drops)
+        stream = Stream(app, name, publisher, self.max_gop_bytes, self.drops, self._config_changed)
         self.streams[key] = stream
-        self._emit("stream_started", stream)
+        self._emit(StreamEvent(StreamEventKind.STARTED, stream))
         return stream
 
     def unpublish(self, stream: Stream) -> None:
@@ -264,7 +306,7 @@ class Hub:
             except Exception:
                 log.exception("event=subscriber_end_failed stream=%s", stream.key)
         stream.subscribers.clear()
-        self._emit("stream_stopped", stream)
+        self._emit(StreamEvent(StreamEventKind.STOPPED, stream))
 
     def start(self) -> None:
         self._housekeeping.start()

@@ -83,7 +83,7 @@ class _LiveCollector(Collector):
         subscribers = GaugeMetricFamily("mediaserver_subscribers", "Subscribers of live streams", labels=["protocol"])
         by_publisher: dict[str, int] = collections.defaultdict(int)
         by_subscriber: dict[str, int] = collections.defaultdict(int)
-        for stream in list(self._hub.streams.values()):
+        for stream in self._hub.list():
             by_publisher[stream.publisher.protocol] += 1
             for protocol, count in stream.subscriber_counts().items():
                 by_subscriber[protocol] += count

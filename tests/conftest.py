@@ -32,6 +32,7 @@ class ServerProcess:
     log_path: Path
     rtmps_port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    _token: str | None = None
 
     def rtmp_url(self, path: str) -> str:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/{path}"
@@ -42,10 +43,26 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def get_json(self, path: str) -> object:
+    def admin_token(self) -> str:
+        """An access token of the admin the server was started with (logs in once)."""
         import json
 
-        with urllib.request.urlopen(self.http_url(path), timeout=5) as response:
+        if self._token is None:
+            body = json.dumps({"username": self.env[ADMIN_USER_ENV], "password": self.env[ADMIN_PASSWORD_ENV]}).encode()
+            request = urllib.request.Request(
+                self.http_url("/api/v1/auth/login"), body, {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                self._token = str(json.loads(response.read())["access_token"])
+        return self._token
+
+    def get_json(self, path: str, auth: bool = False) -> object:
+        """GET a JSON route; `auth` sends the admin's token (routes behind the API's permission checks)."""
+        import json
+
+        headers = {"Authorization": f"Bearer {self.admin_token()}"} if auth else {}
+        request = urllib.request.Request(self.http_url(path), headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 
     def get_text(self, path: str) -> str:
@@ -62,6 +79,10 @@ class ServerProcess:
                 self.process.wait()
 
 
+ADMIN_USER_ENV = "MEDIASERVER_ADMIN_USERNAME"
+ADMIN_PASSWORD_ENV = "MEDIASERVER_ADMIN_PASSWORD"
+
+
 def start_server(tmp_path: Path, extra_env: dict[str, str] | None = None, rtmps: bool = False) -> ServerProcess:
     rtmp_port, http_port = free_port(), free_port()
     data_dir = tmp_path / "data"
@@ -76,6 +97,9 @@ def start_server(tmp_path: Path, extra_env: dict[str, str] | None = None, rtmps:
             "MEDIASERVER_SERVER_LOG_LEVEL": "debug",
             # Protocol tests publish to arbitrary names; the camera-key default is tested in tests/control.
             "MEDIASERVER_AUTH_PUBLISH_MODE": "open",
+            # A first admin, so that tests can read the routes behind the API's permission checks.
+            ADMIN_USER_ENV: "admin",
+            ADMIN_PASSWORD_ENV: "test-admin-" + os.urandom(6).hex(),
         }
     )
     rtmps_port = None

@@ -97,9 +97,7 @@ async def add_camera(svc: Services, session: AsyncSession, fields: CameraCreate,
 def kick(svc: Services, camera_ids: Sequence[str], reason: str) -> None:
     """Disconnect live publishers of cameras that lost their right to publish."""
     for camera_id in camera_ids:
-        stream = svc.hub.get(svc.config.api.publish_app, camera_id)
-        if stream is not None:
-            stream.publisher.stop(reason)
+        svc.hub.kick(svc.config.api.publish_app, camera_id, reason)
 
 
 @routes.route(

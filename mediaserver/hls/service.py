@@ -14,11 +14,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from control.errors import error_response
+from mediaserver.auth import AllowAll, Denied, StreamGrant
 from mediaserver.background import BackgroundTask
+from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.hls import playlist
 from mediaserver.hls.segmenter import HlsSettings, HlsStream, SegmenterStats
-from mediaserver.hub import Hub, Stream
+from mediaserver.http.access import PlayAccess, set_play_cookie
+from mediaserver.http.errors import error_response
+from mediaserver.hub import Hub
 
 log = logging.getLogger("mediaserver.hls")
 
@@ -31,8 +34,16 @@ _VIEWER_WINDOW = 30.0
 
 
 class HlsService:
-    def __init__(self, hub: Hub, settings: HlsSettings, registry: CollectorRegistry, grace_seconds: float) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        settings: HlsSettings,
+        registry: CollectorRegistry,
+        grace_seconds: float,
+        play_access: PlayAccess | None = None,
+    ) -> None:
         self.hub = hub
+        self.play_access = play_access or PlayAccess(AllowAll(), registry)
         self.settings = settings
         self.grace_seconds = grace_seconds
         self.streams: dict[str, HlsStream] = {}
@@ -56,13 +67,14 @@ class HlsService:
             "mediaserver_hls_request_errors", "HLS requests refused", ["status"], registry=registry
         )
         registry.register(_HlsCollector(self))
-        hub.add_listener(self._on_hub_event)
+        hub.listen(self._on_hub_event)
 
     # ----- lifecycle --------------------------------------------------------------------
 
-    def _on_hub_event(self, event: str, stream: Stream) -> None:
-        if event != "stream_started":
+    def _on_hub_event(self, event: StreamEvent) -> None:
+        if event.kind is not StreamEventKind.STARTED:
             return
+        stream = event.stream
         hls = self.streams.get(stream.key)
         if hls is None:
             hls = HlsStream(stream.app, stream.name, self.settings, self.stats)
@@ -115,8 +127,12 @@ class HlsService:
             web.options("/hls/{app}/{name}/{file}", self.handle_options),
         ]
 
-    def _stream(self, request: web.Request) -> HlsStream | None:
-        return self.streams.get(f"{request.match_info['app']}/{request.match_info['name']}")
+    async def _authorized(self, request: web.Request) -> tuple[StreamGrant, HlsStream | None] | web.Response:
+        """The grant for this request and the stream it names, or the refusal to send."""
+        grant = await self.play_access.check(request, "hls")
+        if isinstance(grant, Denied):
+            return self._error(403, "forbidden", f"playback refused: {grant.reason}")
+        return grant, self.streams.get(f"{grant.app}/{grant.name}")
 
     def _error(self, status: int, code: str, message: str) -> web.Response:
         self.request_errors.labels(str(status)).inc()
@@ -137,7 +153,10 @@ class HlsService:
         )
 
     async def handle_playlist(self, request: web.Request) -> web.Response:
-        stream = self._stream(request)
+        authorized = await self._authorized(request)
+        if isinstance(authorized, web.Response):
+            return authorized
+        grant, stream = authorized
         if stream is None:
             return self._error(404, "stream_not_found", "no HLS stream with that name")
         query = request.query
@@ -188,7 +207,9 @@ class HlsService:
         if gzipped:
             headers["Content-Encoding"] = "gzip"
         self.bytes_served.labels("playlist").inc(len(body))
-        return web.Response(body=body, content_type=PLAYLIST_TYPE, charset="utf-8", headers=headers)
+        response = web.Response(body=body, content_type=PLAYLIST_TYPE, charset="utf-8", headers=headers)
+        set_play_cookie(request, response, grant)
+        return response
 
     def _rendered(self, stream: HlsStream, skip: bool, gzipped: bool) -> bytes:
         """The playlist as bytes, rendered (and compressed) once per change of the stream, not per request."""
@@ -203,7 +224,10 @@ class HlsService:
         return body
 
     async def handle_file(self, request: web.Request) -> web.Response:
-        stream = self._stream(request)
+        authorized = await self._authorized(request)
+        if isinstance(authorized, web.Response):
+            return authorized
+        stream = authorized[1]
         if stream is None:
             return self._error(404, "stream_not_found", "no HLS stream with that name")
         match = _FILE.match(request.match_info["file"])

@@ -31,10 +31,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from control.errors import error_response
 from mediaserver.auth import Authorizer, AuthResult, Denied, redact
 from mediaserver.background import BackgroundTask
 from mediaserver.config import WebrtcConfig
+from mediaserver.events import StreamEvent, StreamEventKind
+from mediaserver.http.access import SYSTEM_READ, OpenStats, PlayAccess, StatsGate, bearer
+from mediaserver.http.errors import error_response
 from mediaserver.hub import Hub, Stream, StreamTaken
 from mediaserver.media import Codec
 from mediaserver.metrics import TrafficStats
@@ -226,10 +228,14 @@ class WebrtcService:
         registry: CollectorRegistry,
         authorizer: Authorizer,
         traffic: TrafficStats | None = None,
+        play_access: PlayAccess | None = None,
+        stats_gate: StatsGate | None = None,
     ) -> None:
         self.hub = hub
         self.config = config
         self.authorizer = authorizer
+        self.play_access = play_access or PlayAccess(authorizer, registry)
+        self.stats_gate: StatsGate = stats_gate or OpenStats()
         self.traffic = traffic
         self.sessions: dict[str, Session] = {}
         self.feeds: dict[str, StreamFeed] = {}
@@ -259,7 +265,7 @@ class WebrtcService:
             registry=registry,
         )
         registry.register(_WebrtcCollector(self))
-        hub.add_listener(self._on_hub_event)
+        hub.listen(self._on_hub_event)
         # aiortc logs every RTP packet at debug level: far too much for a server log.
         for name in ("aiortc", "aioice"):
             logger = logging.getLogger(name)
@@ -281,14 +287,14 @@ class WebrtcService:
             feed.close()
         self.feeds.clear()
 
-    def _on_hub_event(self, event: str, stream: Stream) -> None:
-        feed = self.feeds.get(stream.key)
+    def _on_hub_event(self, event: StreamEvent) -> None:
+        feed = self.feeds.get(event.key)
         if feed is None:
             return
-        if event == "stream_started" and feed.stream is None:
-            feed.stream_started(stream)
-        elif event == "stream_stopped":
-            feed.stream_ended(stream)
+        if event.kind is StreamEventKind.STARTED and feed.stream is None:
+            feed.stream_started(event.stream)
+        elif event.kind is StreamEventKind.STOPPED:
+            feed.stream_ended(event.stream)
 
     async def _run_housekeeping(self) -> None:
         while True:
@@ -484,7 +490,10 @@ class WebrtcService:
         self._close(session, "deleted")
         return web.Response(status=200, headers=CORS)
 
-    async def handle_list(self, request: web.Request) -> web.Response:
+    async def handle_list(self, request: web.Request) -> web.StreamResponse:
+        refused = await self.stats_gate.check(request, SYSTEM_READ)
+        if refused is not None:
+            return refused
         sessions = [s.snapshot() for s in self.sessions.values()]
         by_state: dict[str, int] = defaultdict(int)
         for session in self.sessions.values():
@@ -531,16 +540,12 @@ class WebrtcService:
                 {"Retry-After": "5"},
             )
 
-    async def _authorize(self, request: web.Request, publish: bool) -> AuthResult:
+    async def _authorize_publish(self, request: web.Request) -> AuthResult:
         app, name = request.match_info["app"], request.match_info["name"]
         params = dict(request.query)
-        bearer = request.headers.get("Authorization", "")
-        if bearer.lower().startswith("bearer ") and "key" not in params:
-            params["key"] = bearer[7:].strip()
-        peer = request.remote or ""
-        if publish:
-            return await self.authorizer.authorize_publish(app, name, params, peer)
-        return await self.authorizer.authorize_play(app, name, params, peer)
+        if "key" not in params and bearer(request):
+            params["key"] = bearer(request)
+        return await self.authorizer.authorize_publish(app, name, params, request.remote or "")
 
     def _new_pc(self) -> RTCPeerConnection:
         return RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers))
@@ -586,12 +591,11 @@ class WebrtcService:
     # ----- WHEP -------------------------------------------------------------------------------
 
     async def handle_whep(self, request: web.Request) -> web.Response:
-        app, name = request.match_info["app"], request.match_info["name"]
         text, offer = await self._read_offer(request)
-        result = await self._authorize(request, publish=False)
+        result = await self.play_access.check(request, "whep")
         if isinstance(result, Denied):
             raise Rejected(403, "play_denied", "not allowed to play this stream")
-        stream = self.hub.get(app, name)
+        stream = self.hub.get(result.app, result.name)
         if stream is None:
             raise Rejected(404, "stream_not_found", "no live stream with that name")
         # A stream whose video has not shown up yet (a publisher that just started) is accepted for a while.
@@ -753,9 +757,11 @@ class WebrtcService:
         text, offer = await self._read_offer(request)
         if not name or len(name) > 256:
             raise Rejected(400, "bad_stream_name", "invalid stream name")
-        result = await self._authorize(request, publish=True)
+        result = await self._authorize_publish(request)
         if isinstance(result, Denied):
             raise Rejected(403, "publish_denied", "not allowed to publish this stream")
+        # The grant names the stream: a database authorizer maps a secret key to its camera id.
+        app, name = result.app, result.name
         if self.hub.get(app, name) is not None:
             raise Rejected(409, "stream_taken", "the stream is already being published")
         video_m = next((m for m in offer.media if m.kind == "video"), None)

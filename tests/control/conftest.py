@@ -19,11 +19,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import delete
 
-from control.http import create_app
 from control.plane import ControlPlane
 from control.rbac import Role
 from control.store import ApiToken, AuditLog, Camera, Recording, RefreshToken, Store, User
 from mediaserver.config import Config
+from mediaserver.http.app import create_app
 from mediaserver.hub import Hub
 from mediaserver.metrics import Metrics
 

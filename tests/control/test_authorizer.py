@@ -6,10 +6,13 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
 
-from control.middleware import PLAY_COOKIE
 from control.rbac import Role
 from mediaserver.auth import Denied, StreamGrant
+from mediaserver.hls.segmenter import HlsSettings
+from mediaserver.hls.service import HlsService
+from mediaserver.http.access import PLAY_COOKIE, PlayAccess
 from tests.control.conftest import Api
 
 
@@ -113,30 +116,28 @@ async def test_nginx_rtmp_callback(api: Api, admin: str) -> None:
     assert [e["ip"] for e in denied] == ["198.51.100.7"]
 
 
-async def test_hls_gate(api_factory: Any) -> None:
+async def test_hls_asks_the_database_authorizer(api_factory: Any) -> None:
     api: Api = await api_factory()
     admin = await api.token(Role.ADMIN)
     private = await api.camera(admin, name="p")
     public = await api.camera(admin, name="q", private=False)
-
-    async def fake_hls(request: web.Request) -> web.Response:
-        return web.Response(text="#EXTM3U\n")
-
-    # The gate wraps whatever serves /hls/ (here a stand-in for the HLS service).
-    app = web.Application(middlewares=list(api.client.server.app.middlewares))
-    app.router.add_get("/hls/{app}/{name}/{file}", fake_hls)
+    registry = CollectorRegistry()
+    hls = HlsService(api.hub, HlsSettings(), registry, 1.0, PlayAccess(api.plane.authorizer, registry))
+    app = web.Application()
+    app.router.add_routes(hls.routes())
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
-        assert (await client.get(f"/hls/live/{public['id']}/index.m3u8")).status == 200
-        assert (await client.get(f"/hls/live/{private['id']}/index.m3u8")).status == 403
+        # Allowed requests reach the service (no stream is live: 404); refused ones stop at the authorizer.
+        for file in ("index.m3u8", "seg-1.m4s", "part-1-0.m4s", "init-1.mp4"):
+            assert (await client.get(f"/hls/live/{public['id']}/{file}")).status == 404
+            assert (await client.get(f"/hls/live/{private['id']}/{file}")).status == 403
         token = api.plane.tokens.issue_play(private["id"])[0]
-        response = await client.get(f"/hls/live/{private['id']}/index.m3u8?token={token}")
-        assert response.status == 200
-        assert PLAY_COOKIE in response.cookies
-        # Segments come without the query; the cookie set for the playlist's path lets them through.
-        assert (await client.get(f"/hls/live/{private['id']}/seg1.m4s")).status == 200
+        assert (await client.get(f"/hls/live/{private['id']}/index.m3u8?token={token}")).status == 404
+        client.session.cookie_jar.update_cookies({PLAY_COOKIE: token})
+        assert (await client.get(f"/hls/live/{private['id']}/seg-1.m4s")).status == 404
+        other = api.plane.tokens.issue_play(public["id"])[0]
         client.session.cookie_jar.clear()
-        assert (await client.get(f"/hls/live/{private['id']}/seg1.m4s")).status == 403
+        assert (await client.get(f"/hls/live/{private['id']}/seg-1.m4s?token={other}")).status == 403
     finally:
         await client.close()

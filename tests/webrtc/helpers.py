@@ -121,7 +121,7 @@ async def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool
 
 
 def sessions(server: ServerProcess) -> dict[str, Any]:
-    data = server.get_json("/api/v1/webrtc/sessions")
+    data = server.get_json("/api/v1/webrtc/sessions", auth=server.env.get("MEDIASERVER_API_ENABLED") != "false")
     assert isinstance(data, dict)
     return data
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-log = logging.getLogger("control.http")
+log = logging.getLogger("mediaserver.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-log = logging.getLogger("control.web")
+log = logging.getLogger("mediaserver.http.pages")
 
 NO_CACHE = "no-cache"
 # Vendored libraries are pinned, and pages ask for them with a ?v= query that changes with the version.

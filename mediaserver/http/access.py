@@ -1,0 +1,91 @@
+"""Who may use the data plane's HTTP routes.
+
+Play: one path for every protocol. HLS (playlists, parts, segments) and WHEP ask `PlayAccess.check`, which
+collects the credentials a request carries and asks the same `Authorizer.authorize_play` that RTMP play asks.
+A grant may hand back a credential for the stream; HLS sets it as a path-scoped cookie, because segment and
+part URIs carry no query string.
+
+Stats that show peers and sessions (`/api/v1/webrtc/sessions`): a `StatsGate` decides. Without the control
+plane anyone may read them; the control plane installs a gate that authenticates and checks its matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from mediaserver.auth import Authorizer, Denied, StreamGrant
+
+log = logging.getLogger("mediaserver.http.access")
+
+PLAY_COOKIE = "ms_play"
+# The permission name the gated stats routes need (the control plane's matrix knows it).
+SYSTEM_READ = "system:read"
+
+
+class StatsGate(Protocol):
+    async def check(self, request: web.Request, permission: str) -> web.StreamResponse | None:
+        """None when the request may go on, else the error response to send."""
+
+
+class OpenStats:
+    """No control plane: the stats are readable by anyone who reaches the port (names are never keys)."""
+
+    async def check(self, request: web.Request, permission: str) -> web.StreamResponse | None:
+        return None
+
+
+def bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
+
+def credentials(request: web.Request) -> dict[str, str]:
+    """The stream credentials a request carries: `?key=`, `?token=`, a bearer token, the play cookie.
+
+    A bearer token or cookie fills whichever of `key`/`token` the query left empty: an authorizer reads
+    the one it knows (static keys read `key`, the database authorizer reads `token`)."""
+    params = {name: request.query[name] for name in ("key", "token") if name in request.query}
+    for presented in (bearer(request), request.cookies.get(PLAY_COOKIE, "")):
+        if presented:
+            params.setdefault("key", presented)
+            params.setdefault("token", presented)
+    return params
+
+
+class PlayAccess:
+    """Play authorization for HTTP requests, shared by HLS and WHEP."""
+
+    def __init__(self, authorizer: Authorizer, registry: CollectorRegistry) -> None:
+        self.authorizer = authorizer
+        self.denied = Counter(
+            "mediaserver_play_denied", "Play requests refused by the authorizer", ["protocol"], registry=registry
+        )
+
+    async def check(self, request: web.Request, protocol: str) -> StreamGrant | Denied:
+        app, name = request.match_info["app"], request.match_info["name"]
+        result = await self.authorizer.authorize_play(app, name, credentials(request), request.remote or "")
+        if isinstance(result, Denied):
+            self.denied.labels(protocol).inc()
+            log.info(
+                "event=play_denied protocol=%s app=%s peer=%s reason=%s", protocol, app, request.remote, result.reason
+            )
+        return result
+
+
+def set_play_cookie(request: web.Request, response: web.StreamResponse, grant: StreamGrant) -> None:
+    """Hand the grant's credential back as a cookie scoped to the stream's HLS folder (renewed per playlist)."""
+    if grant.credential is None or response.prepared:
+        return
+    response.set_cookie(
+        PLAY_COOKIE,
+        grant.credential,
+        path=f"/hls/{request.match_info['app']}/{request.match_info['name']}/",
+        max_age=grant.credential_ttl or None,
+        httponly=True,
+        samesite="Lax",
+        secure=request.secure,
+    )
