@@ -138,41 +138,32 @@ class Stream:
             self._gop.append(packet)
 
     def _set_config(self, packet: Packet) -> None:
-        if packet.kind is TrackKind.VIDEO:
-            if self.video_config is not None and self.video_config.flv == packet.flv:
-                return
-            self.video_config = packet
-            track = self.video
-            track.codec = packet.codec
-            track.config = bytes(packet.data)
-            track.version += 1
+        video = packet.kind is TrackKind.VIDEO
+        current = self.video_config if video else self.audio_config
+        if current is not None and current.flv == packet.flv:
+            return
+        track = self.video if video else self.audio
+        track.codec = packet.codec
+        track.config = bytes(packet.data)
+        track.version += 1
+        try:
             if packet.codec is Codec.H264:
-                try:
-                    track.width, track.height = h264.resolution(track.config)
-                except (CodecError, IndexError) as exc:
-                    log.warning("event=bad_sps stream=%s error=%s", self.key, exc)
+                track.width, track.height = h264.resolution(track.config)
+            elif packet.codec is Codec.AAC:
+                track.sample_rate, track.channels = aac.audio_config(track.config)
+            elif packet.codec is Codec.OPUS:
+                track.sample_rate, track.channels = opus.head_config(track.config)
+        except (CodecError, IndexError) as exc:
+            log.warning("event=bad_codec_config stream=%s track=%s error=%s", self.key, track.kind.value, exc)
+        if video:
+            self.video_config = packet
             # A new configuration makes the cached GOP undecodable.
             self._gop = []
             self._gop_bytes = 0
-            if self._on_config is not None:
-                self._on_config(self, track)
         else:
-            if self.audio_config is not None and self.audio_config.flv == packet.flv:
-                return
             self.audio_config = packet
-            track = self.audio
-            track.codec = packet.codec
-            track.config = bytes(packet.data)
-            track.version += 1
-            try:
-                if packet.codec is Codec.AAC:
-                    track.sample_rate, track.channels = aac.audio_config(track.config)
-                elif packet.codec is Codec.OPUS:
-                    track.sample_rate, track.channels = opus.head_config(track.config)
-            except CodecError as exc:
-                log.warning("event=bad_audio_config stream=%s error=%s", self.key, exc)
-            if self._on_config is not None:
-                self._on_config(self, track)
+        if self._on_config is not None:
+            self._on_config(self, track)
 
     def sample_rates(self, now: float) -> None:
         then, bytes_then, frames_then = self._rate_mark

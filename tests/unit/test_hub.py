@@ -129,3 +129,41 @@ def test_idle_publisher_is_dropped() -> None:
         await hub.stop()
 
     asyncio.run(run())
+
+
+def test_typed_stream_events_and_the_hub_view() -> None:
+    from mediaserver.events import StreamEvent, StreamEventKind
+
+    hub = Hub()
+    events: list[StreamEvent] = []
+    hub.listen(events.append)
+    publisher = FakePublisher()
+    stream = hub.publish("live", "cam", publisher)
+    config = Packet(TrackKind.VIDEO, Codec.H264, 0, 0, True, AVC_SEQ, 5, is_config=True)
+    stream.push(config)
+    stream.push(config)  # the same sequence header again: no change, no event
+    stream.push(Packet(TrackKind.AUDIO, Codec.AAC, 0, 0, True, b"\xaf\x00\x12\x10", 2, is_config=True))
+    assert [s.key for s in hub.list()] == ["live/cam"]
+    assert hub.kick("live", "cam", "operator") and publisher.stopped == ["operator"]
+    assert not hub.kick("live", "nobody", "operator")
+    hub.unpublish(stream)
+    kinds = [e.kind for e in events]
+    assert kinds == [
+        StreamEventKind.STARTED,
+        StreamEventKind.CODEC_CHANGED,
+        StreamEventKind.CODEC_CHANGED,
+        StreamEventKind.STOPPED,
+    ]
+    video_change = events[1].as_dict()
+    assert video_change == {
+        "event": "codec-changed",
+        "app": "live",
+        "name": "cam",
+        "at": events[1].at,
+        "protocol": "test",
+        "track": "video",
+        "codec": "h264",
+        "version": 1,
+    }
+    assert stream.video.width == 352 and stream.audio.sample_rate == 44100
+    assert events[2].track == "audio" and events[3].as_dict()["event"] == "stream-stopped"
