@@ -8,7 +8,8 @@ parameters) on free loopback ports, then from this process, with a fixed number 
 flight: GET /api/v1/cameras paged (random offsets), GET /api/v1/cameras/{id}/status, GET
 /api/v1/audit-logs filtered (one user, last day), and logins at a bounded rate (argon2id costs
 tens of ms of CPU per login by design). Publish authorization is timed in process against the
-same database: cold (database lookup) and warm (cache). Latencies are per request, client side.
+same database: cold (database lookup) and warm (cache). Latencies are per request, client side;
+p50/p99 are `benchmarks.lib.stats.percentile` (nearest rank), as in every tool.
 MariaDB: a database `bench_ms_<random>` on MEDIASERVER_TEST_MYSQL (root@127.0.0.1:3306), dropped
 at the end. Every server this starts is stopped, on errors too.
 """
@@ -21,10 +22,7 @@ import os
 import platform
 import random
 import secrets
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +31,9 @@ from typing import Any
 import aiohttp
 from sqlalchemy import insert
 
+from benchmarks.lib.report import write_report
+from benchmarks.lib.servers import OurServer
+from benchmarks.lib.stats import percentile
 from control.audit import Audit
 from control.authorizer import DatabaseAuthorizer
 from control.security import PasswordHasher, TokenService, new_id, new_stream_key
@@ -43,15 +44,10 @@ JWT_SECRET = "bench-" + "s" * 40
 MYSQL = os.environ.get("MEDIASERVER_TEST_MYSQL", "root@127.0.0.1:3306")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+def pct(seconds: list[float], q: float) -> float:
+    """The `q` quantile (0..1) of latencies in seconds, in ms (NaN when there are none)."""
+    value = percentile(seconds, q * 100)
+    return float("nan") if value is None else value * 1000
 
 
 async def mysql_exec(statement: str) -> None:
@@ -144,13 +140,14 @@ async def authorizer_latency(url: str, keys: list[str], count: int) -> dict[str,
         tokens = TokenService("HS256", JWT_SECRET, JWT_SECRET)
         auth = DatabaseAuthorizer(store, tokens, Audit(store), "live", cache_ttl=3600)
         cold: list[float] = []
-        for key in keys[:200]:
+        sample = keys[:200]
+        for key in sample:
             start = time.perf_counter()
             await auth.authorize_publish("live", key, {}, "127.0.0.1:1")
             cold.append(time.perf_counter() - start)
         warm: list[float] = []
         for i in range(count):
-            key = keys[i % 200]
+            key = sample[i % len(sample)]
             start = time.perf_counter()
             await auth.authorize_publish("live", key, {}, "127.0.0.1:1")
             warm.append(time.perf_counter() - start)
@@ -195,67 +192,38 @@ async def drive(
     return latencies, errors, time.perf_counter() - started
 
 
-def start_server(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    http_port, rtmp_port = free_port(), free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "MEDIASERVER_HTTP_HOST": "127.0.0.1",
-            "MEDIASERVER_HTTP_PORT": str(http_port),
-            "MEDIASERVER_RTMP_HOST": "127.0.0.1",
-            "MEDIASERVER_RTMP_PORT": str(rtmp_port),
-            "MEDIASERVER_SERVER_DATA_DIR": str(data_dir),
-            "MEDIASERVER_SERVER_LOG_LEVEL": "warning",
-            "MEDIASERVER_DATABASE_URL": url,
-            "MEDIASERVER_DATABASE_AUTO_MIGRATE": "true",
-            "MEDIASERVER_AUTH_API_JWT_SECRET": JWT_SECRET,
-            "MEDIASERVER_AUTH_PUBLISH_MODE": "database",
-            "MEDIASERVER_API_RATE_PER_TOKEN": "1000000",
-            "MEDIASERVER_API_LOGIN_RATE_PER_IP": "1000000",
-            "MEDIASERVER_API_LOGIN_RATE_PER_USERNAME": "1000000",
-            "MEDIASERVER_HLS_ENABLED": "false",
-        }
-    )
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen([sys.executable, "-m", "mediaserver", "serve"], env=env, stdout=log, stderr=log)
-    return process, http_port
-
-
-async def wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError("server exited during start")
-            try:
-                async with session.get(base + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server did not become healthy")
+def api_server(keep_temp: bool, database: str) -> OurServer:
+    """Our server on SQLite in its temp dir (`database` "") or on the MariaDB database `database`, in
+    database publish mode, without HLS, with the rate limits out of the way."""
+    env = {
+        "MEDIASERVER_DATABASE_AUTO_MIGRATE": "true",
+        "MEDIASERVER_AUTH_API_JWT_SECRET": JWT_SECRET,
+        "MEDIASERVER_AUTH_PUBLISH_MODE": "database",
+        "MEDIASERVER_API_RATE_PER_TOKEN": "1000000",
+        "MEDIASERVER_API_LOGIN_RATE_PER_IP": "1000000",
+        "MEDIASERVER_API_LOGIN_RATE_PER_USERNAME": "1000000",
+        "MEDIASERVER_HLS_ENABLED": "false",
+    }
+    server = OurServer(keep_temp, prefix="api-bench", env=env)
+    sqlite = f"sqlite+aiosqlite:///{server.root / 'mediaserver.db'}"
+    server.env["MEDIASERVER_DATABASE_URL"] = f"mysql+asyncmy://{MYSQL}/{database}" if database else sqlite
+    return server
 
 
 async def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix=f"api-bench-{name}-"))
-    database = ""
-    if name == "sqlite":
-        url = f"sqlite+aiosqlite:///{workdir / 'mediaserver.db'}"
-    else:
-        database = f"bench_ms_{secrets.token_hex(4)}"
-        await mysql_exec(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-        url = f"mysql+asyncmy://{MYSQL}/{database}"
-    process = None
+    database = "" if name == "sqlite" else f"bench_ms_{secrets.token_hex(4)}"
+    server = api_server(args.keep_temp, database)
+    url = server.env["MEDIASERVER_DATABASE_URL"]
     try:
+        if database:
+            await mysql_exec(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         t0 = time.perf_counter()
         ids, keys, _ = await seed(url, args.cameras, args.audit_rows)
         seeded = time.perf_counter() - t0
         results: dict[str, Any] = {"backend": name, "seed_seconds": seeded}
         results["authorizer"] = await authorizer_latency(url, keys, args.requests * 10)
-        process, port = start_server(url, workdir)
-        base = f"http://127.0.0.1:{port}"
-        await wait_healthy(base, process)
+        server.start()
+        base = server.url("")
         rng = random.Random(1)
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -303,13 +271,7 @@ async def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
             }
         return results
     finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        server.stop()
         if database:
             await mysql_exec(f"DROP DATABASE IF EXISTS `{database}`")
 
@@ -352,7 +314,7 @@ def render(all_results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="sqlite,mariadb")
     parser.add_argument("--cameras", type=int, default=1000)
@@ -362,14 +324,19 @@ def main() -> int:
     parser.add_argument("--logins", type=int, default=30)
     parser.add_argument("--login-rate", type=float, default=3.0)
     parser.add_argument("--append", help="append the Markdown section to this file")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="write every figure there")
+    parser.add_argument("--keep-temp", action="store_true", help="keep the server's temp dir (its log, SQLite)")
+    args = parser.parse_args(argv)
     args.load_before = os.getloadavg()[0]
+    started = time.monotonic()
     results = [asyncio.run(run_backend(name, args)) for name in args.backends.split(",")]
     text = render(results, args)
     print(text)
     if args.append:
         with open(args.append, "a") as handle:
             handle.write("\n" + text)
+    if args.json is not None:
+        write_report(args.json, args, started, results)
     return 0
 
 

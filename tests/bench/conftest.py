@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.clip import make_clip
+from benchmarks.lib.clip import make_clip
 from tests.conftest import require
 
 # 4 s at 320x240, a keyframe every second: HLS segments of ~2 s, parts of ~0.3 s.
