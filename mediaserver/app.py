@@ -21,8 +21,8 @@ from mediaserver.http.app import create_app
 from mediaserver.hub import Hub
 from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
+from mediaserver.rtmp.context import RtmpContext
 from mediaserver.rtmp.server import start_rtmp, tls_context
-from mediaserver.rtmp.session import RtmpContext
 from mediaserver.webrtc.service import WebrtcService
 
 log = logging.getLogger("mediaserver")

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import ssl
 
-from mediaserver.rtmp.session import RtmpContext, RtmpSession
+from mediaserver.rtmp.connection import RtmpConnection
+from mediaserver.rtmp.context import RtmpContext
 
 log = logging.getLogger("mediaserver.rtmp")
 
@@ -21,7 +22,7 @@ async def start_rtmp(ctx: RtmpContext, host: str, port: int, tls: ssl.SSLContext
     protocol = "rtmps" if tls is not None else "rtmp"
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: RtmpSession(ctx, protocol),
+        lambda: RtmpConnection(ctx, protocol),
         host,
         port,
         ssl=tls,

@@ -1,11 +1,14 @@
 """WebRTC gateway: WHEP playback and WHIP ingest on top of aiortc.
 
-- `annexb`: AVCC <-> Annex-B conversion and avcC records (pure functions).
 - `codecs`: H.264 profile matching in SDP offers.
 - `ice`: host candidates on configured addresses and ports.
 - `tracks`: per-peer aiortc tracks that hand pre-encoded `av.Packet`s to the RTP sender.
 - `transcode`: AAC -> Opus (shared per stream) and Opus -> AAC (WHIP) worker threads.
-- `feed`: the per-stream state shared by all WHEP viewers of a stream.
+- `feed`: one per stream with WHEP viewers: its only WebRTC hub subscriber, fanning out to the viewers.
 - `ingest`: WHIP publishers: received RTP frames back to FLV-body packets for the hub.
-- `service`: sessions, HTTP handlers, housekeeping and metrics.
+- `sessions`: session objects, the live-session registry, closing and housekeeping.
+- `whep` / `whip`: offer handling for viewers and publishers.
+- `http`: routes, CORS, offer validation, JSON errors and the sessions listing.
+- `metrics`: counters and the Prometheus collector.
+- `service`: composes the above into `WebrtcService`.
 """

@@ -1,9 +1,10 @@
 """What all WHEP viewers of one stream share: Annex-B frames (converted once, not per viewer), a mirror of the
 stream's GOP cache in that form, and the AAC -> Opus transcoder.
 
-Each viewer is a hub subscriber of its own (so the hub counts and bounds it like any player); the first viewer
-whose `on_packet` sees a packet converts it and the others reuse the result (the hub hands every subscriber
-the same `Packet` object, one after the other, on the loop).
+Fan-out is hub -> one `StreamFeed` per stream -> its viewers' tracks. The feed is the stream's only WebRTC
+subscriber: it subscribes when its first viewer comes and unsubscribes when the last one leaves (or the stream
+ends), so the hub calls WebRTC once per packet whatever the number of viewers. Each viewer's tracks bound their
+own backlog (`UnitQueue`) and skip to the next keyframe when they fall behind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from mediaserver.auth import redact
 from mediaserver.codecs.annexb import AnnexBError, avcc_to_annexb
 from mediaserver.codecs.h264 import AvcConfig, parse_avcc
 from mediaserver.hub import Stream
@@ -27,34 +29,20 @@ AUDIO_OFFSET_DECAY = 0.0002
 
 
 class Viewer:
-    """One WHEP peer as a hub subscriber: feeds its own tracks from the shared feed."""
+    """One WHEP peer's tracks, fed by its stream's feed (the viewer itself never subscribes to the hub)."""
 
-    protocol = "webrtc"
+    __slots__ = ("audio", "video")
 
-    def __init__(self, feed: StreamFeed, video: H264Track, audio: OpusTrack | None) -> None:
-        self.feed = feed
+    def __init__(self, video: H264Track, audio: OpusTrack | None) -> None:
         self.video = video
         self.audio = audio
-        self.stream: Stream | None = None
-
-    def on_packet(self, packet: Packet) -> None:
-        if packet.is_config:
-            return
-        if packet.kind is TrackKind.VIDEO:
-            unit = self.feed.video_unit(packet)
-            if unit is not None:
-                self.video.push(unit)
-        elif packet.kind is TrackKind.AUDIO and self.audio is not None:
-            self.feed.audio_in(packet)
-
-    def on_stream_end(self) -> None:
-        stream = self.stream
-        self.stream = None
-        if stream is not None:
-            self.feed.stream_ended(stream)
 
 
 class StreamFeed:
+    """The hub subscriber for all WebRTC viewers of one stream."""
+
+    protocol = "webrtc"
+
     def __init__(
         self,
         key: str,
@@ -64,17 +52,21 @@ class StreamFeed:
         on_error: Callable[[str], None],
     ) -> None:
         self.key = key
+        # The stream as logs may show it (the name may be a stream key).
+        self.shown = f"{stream.app}/{redact(stream.name)}"
         self.stream: Stream | None = stream
         self.ended_at: float | None = None
         self.epoch = 0
         self.viewers: set[Viewer] = set()
+        # The tracks fed on every packet, kept as flat lists so the per-packet loop touches nothing else.
+        self._video_tracks: list[H264Track] = []
+        self._audio_tracks: list[OpusTrack] = []
+        # The stream this feed is subscribed to, if any.
+        self._subscribed: Stream | None = None
         self._on_error = on_error
         self._config: AvcConfig | None = None
         self._config_version = -1
         self._parameter_sets = b""
-        self._last_video: Packet | None = None
-        self._last_unit: VideoUnit | None = None
-        self._last_audio: Packet | None = None
         # The GOP in Annex-B, mirroring stream.gop; None until a viewer needs it or a keyframe passes.
         self._gop: list[VideoUnit] | None = None
         self._transcode_stats = transcode_stats
@@ -82,54 +74,103 @@ class StreamFeed:
         self._transcoder: AacToOpus | None = None
         self._audio_offset: float | None = None
 
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed is not None
+
     # ----- viewers ----------------------------------------------------------------------
 
     def add(self, viewer: Viewer) -> None:
+        if viewer in self.viewers:
+            return
         self.viewers.add(viewer)
-        if self.stream is not None:
-            viewer.stream = self.stream
-            self.stream.subscribe(viewer)
-        if viewer.audio is not None and self._transcoder is None:
-            self._transcoder = AacToOpus(self._audio_out, self._transcode_stats, self._opus_bitrate)
-            self._transcoder.start()
+        self._video_tracks.append(viewer.video)
+        if viewer.audio is not None:
+            self._audio_tracks.append(viewer.audio)
+            if self._transcoder is None:
+                self._transcoder = AacToOpus(self._audio_out, self._transcode_stats, self._opus_bitrate)
+                self._transcoder.start()
+        self._subscribe()
 
     def remove(self, viewer: Viewer) -> None:
+        if viewer not in self.viewers:
+            return
         self.viewers.discard(viewer)
-        if viewer.stream is not None:
-            viewer.stream.unsubscribe(viewer)
-            viewer.stream = None
-        if not any(v.audio is not None for v in self.viewers) and self._transcoder is not None:
-            self._transcoder.stop()
-            self._transcoder = None
+        self._video_tracks.remove(viewer.video)
+        if viewer.audio is not None:
+            self._audio_tracks.remove(viewer.audio)
+        if not self._audio_tracks:
+            self._stop_transcoder()
+        if not self.viewers:
+            self._unsubscribe()
 
     def close(self) -> None:
         for viewer in list(self.viewers):
             self.remove(viewer)
+        self._unsubscribe()
+        self._stop_transcoder()
+
+    def _stop_transcoder(self) -> None:
         if self._transcoder is not None:
             self._transcoder.stop()
             self._transcoder = None
 
-    # ----- stream lifecycle ----------------------------------------------------------------
+    def _subscribe(self) -> None:
+        stream = self.stream
+        if self._subscribed is None and stream is not None and not stream.ended and self.viewers:
+            stream.subscribe(self)
+            self._subscribed = stream
+
+    def _unsubscribe(self) -> None:
+        stream, self._subscribed = self._subscribed, None
+        if stream is not None:
+            stream.unsubscribe(self)
+            # Unsubscribed, the mirror would go stale: rebuild it from the hub's GOP if viewers come back.
+            self._gop = None
+
+    # ----- stream lifecycle (hub subscriber and hub events) ----------------------------------
+
+    def on_stream_end(self) -> None:
+        stream, self._subscribed = self._subscribed, None
+        if stream is not None:
+            self.stream_ended(stream)
 
     def stream_ended(self, stream: Stream) -> None:
         if self.stream is not stream:
             return
+        if self._subscribed is stream:
+            self._unsubscribe()
         self.stream = None
         self.ended_at = time.monotonic()
 
     def stream_started(self, stream: Stream) -> None:
         """The publisher came back: the viewers carry on with the new stream from its first keyframe."""
+        self._unsubscribe()
         self.stream = stream
         self.ended_at = None
         self.epoch += 1
         self._config_version = -1
         self._audio_offset = None
         self._gop = None
-        self._last_video = self._last_unit = self._last_audio = None
-        for viewer in self.viewers:
-            viewer.video.restart()
-            viewer.stream = stream
-            stream.subscribe(viewer)
+        for track in self._video_tracks:
+            track.restart()
+        self._subscribe()
+
+    # ----- packets ----------------------------------------------------------------------
+
+    def on_packet(self, packet: Packet) -> None:
+        """Called by the hub once per packet for all viewers of the stream."""
+        if packet.is_config:
+            # Sequence headers update stream.video/audio; the conversion picks the new version up itself.
+            return
+        kind = packet.kind
+        if kind is TrackKind.VIDEO:
+            unit = self._live_video(packet)
+            if unit is not None:
+                for track in self._video_tracks:
+                    track.push(unit)
+        elif kind is TrackKind.AUDIO and self._audio_tracks:
+            self._audio_in(packet)
 
     # ----- video --------------------------------------------------------------------------
 
@@ -144,7 +185,7 @@ class StreamFeed:
                 self._config = None
                 self._parameter_sets = b""
                 self._on_error("bad_avcc")
-                log.warning("event=webrtc_bad_avcc stream=%s error=%s", self.key, exc)
+                log.warning("event=webrtc_bad_avcc stream=%s error=%s", self.shown, exc)
         return self._config
 
     def avc_config(self) -> AvcConfig | None:
@@ -165,14 +206,13 @@ class StreamFeed:
             return None
         return VideoUnit(data, packet.dts, packet.keyframe or idr, self.epoch, time.time())
 
-    def video_unit(self, packet: Packet) -> VideoUnit | None:
-        """The Annex-B form of a live video packet, converted by the first viewer that asks."""
-        if packet is self._last_video:
-            return self._last_unit
+    def _live_video(self, packet: Packet) -> VideoUnit | None:
+        """The Annex-B form of a live video packet, kept in the GOP mirror too."""
         stream = self.stream
-        unit = self._convert(stream, packet) if stream is not None else None
-        self._last_video, self._last_unit = packet, unit
-        if unit is not None and stream is not None:
+        if stream is None:
+            return None
+        unit = self._convert(stream, packet)
+        if unit is not None:
             if unit.keyframe:
                 self._gop = [unit]
             elif self._gop is not None:
@@ -196,15 +236,16 @@ class StreamFeed:
                     if unit is not None:
                         unit.arrival = 0.0
                         units.append(unit)
-            self._gop = units if units and units[0].keyframe else []
+            gop = units if units and units[0].keyframe else []
+            if self._subscribed is None:
+                # Not fed live packets: the mirror would go stale, so do not keep it.
+                return gop
+            self._gop = gop
         return list(self._gop)
 
     # ----- audio --------------------------------------------------------------------------
 
-    def audio_in(self, packet: Packet) -> None:
-        if packet is self._last_audio:
-            return
-        self._last_audio = packet
+    def _audio_in(self, packet: Packet) -> None:
         stream = self.stream
         if stream is None:
             return
@@ -238,6 +279,5 @@ class StreamFeed:
                 loop.call_at(due, self._release_audio, unit)
 
     def _release_audio(self, unit: AudioUnit) -> None:
-        for viewer in self.viewers:
-            if viewer.audio is not None:
-                viewer.audio.push(unit)
+        for track in self._audio_tracks:
+            track.push(unit)

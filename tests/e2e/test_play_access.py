@@ -12,7 +12,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiortc import RTCRtpTransceiver
 
 from tests.conftest import ServerProcess, ffmpeg_publish, require, start_server, wait_for_stream
@@ -98,7 +97,6 @@ async def test_static_play_keys_guard_every_protocol(tmp_path: Path) -> None:
         server.stop()
 
 
-@pytest.mark.xfail(reason="RTMP play by the grant's name lands with the RTMP session split", strict=True)
 def test_a_stream_named_by_its_key_never_shows_the_key(tmp_path: Path) -> None:
     server = start_server(
         tmp_path, {"MEDIASERVER_AUTH_PUBLISH_MODE": "static", "MEDIASERVER_AUTH_PUBLISH_KEYS": PUBLISH_KEY}

@@ -41,7 +41,7 @@ def live_stream(hub: Hub, name: str = "cam") -> Stream:
 
 def new_viewer(feed: StreamFeed) -> tuple[Viewer, H264Track]:
     track = H264Track(feed.gop_snapshot)
-    viewer = Viewer(feed, track, None)
+    viewer = Viewer(track, None)
     feed.add(viewer)
     return viewer, track
 
