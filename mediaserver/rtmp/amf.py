@@ -10,6 +10,10 @@ references cannot expand into an exponentially large tree). Every decode problem
 
 References to an object that is still being decoded (cycles) are refused: a cyclic
 result would break every consumer that walks it, and no RTMP peer needs one.
+
+One module on purpose, though it is long: the AMF0 and AMF3 decoders share one budget (`AMFLimits`, the
+value count, the nesting depth and the reference charges) threaded through both, and splitting them would
+put that accounting in two places.
 """
 
 from __future__ import annotations

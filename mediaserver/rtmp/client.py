@@ -11,6 +11,10 @@ What is delivered: media, data, user control events other than Ping, and command
 call is waiting for (onStatus events such as `NetStream.Play.UnpublishNotify`,
 `onBWDone` ...). What is not: `_result`/`_error` replies and the onStatus a call waited for,
 and the protocol control messages the client answers itself.
+
+Longer than our usual module: it is the client-side twin of connection + commands + player, kept in one
+file because nothing on the server's hot path uses it and its users (load tools, tests, the relay that
+issue 11 plans) want one import.
 """
 
 from __future__ import annotations
