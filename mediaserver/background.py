@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger("mediaserver.background")
 
 
 class BackgroundTask:
@@ -23,3 +26,19 @@ class BackgroundTask:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    @classmethod
+    def every(cls, seconds: float, tick: Callable[[], Awaitable[None] | None], name: str) -> BackgroundTask:
+        """`tick()` (plain or async) every `seconds`; a failing tick is logged and the next one still runs."""
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    result = tick()
+                    if result is not None:
+                        await result
+                except Exception:
+                    log.exception("event=periodic_task_failed task=%s", name)
+
+        return cls(run)

@@ -245,7 +245,7 @@ class Hub:
         self.idle_timeout = idle_timeout
         self.drops = DropCounter()
         self._listeners: list[StreamListener] = []
-        self._housekeeping = BackgroundTask(self._run_housekeeping)
+        self._housekeeping = BackgroundTask.every(1.0, self._housekeep, "hub_housekeeping")
 
     def listen(self, listener: StreamListener) -> None:
         """`listener(event)` for every `StreamEvent`, called synchronously: it must not block."""
@@ -308,21 +308,19 @@ class Hub:
             stream.publisher.stop("shutdown")
             self.unpublish(stream)
 
-    async def _run_housekeeping(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for stream in list(self.streams.values()):
-                stream.sample_rates(now)
-                if self.idle_timeout > 0 and now - stream.last_media > self.idle_timeout:
-                    log.warning(
-                        "event=publisher_idle stream=%s peer=%s idle_seconds=%.1f",
-                        stream.key,
-                        stream.publisher.peer,
-                        now - stream.last_media,
-                    )
-                    stream.publisher.stop("idle_timeout")
-                    self.unpublish(stream)
+    def _housekeep(self) -> None:
+        now = time.monotonic()
+        for stream in list(self.streams.values()):
+            stream.sample_rates(now)
+            if self.idle_timeout > 0 and now - stream.last_media > self.idle_timeout:
+                log.warning(
+                    "event=publisher_idle stream=%s peer=%s idle_seconds=%.1f",
+                    stream.key,
+                    stream.publisher.peer,
+                    now - stream.last_media,
+                )
+                stream.publisher.stop("idle_timeout")
+                self.unpublish(stream)
 
 
 class PacketQueue:

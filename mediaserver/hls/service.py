@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import logging
 import re
@@ -51,7 +50,7 @@ class HlsService:
         # (app, name, skip, gzip) -> (stream version, body)
         self._playlists: dict[tuple[str, str, bool, bool], tuple[int, bytes]] = {}
         self._viewers: dict[tuple[str, str, str], float] = {}
-        self._housekeeping = BackgroundTask(self._run_housekeeping)
+        self._housekeeping = BackgroundTask.every(1.0, self._housekeep, "hls_housekeeping")
         self.playlist_requests = Counter(
             "mediaserver_hls_playlist_requests", "Playlist requests", ["blocking"], registry=registry
         )
@@ -88,23 +87,21 @@ class HlsService:
     async def stop(self) -> None:
         await self._housekeeping.stop()
 
-    async def _run_housekeeping(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for key, hls in list(self.streams.items()):
-                # A publisher that has not come back within HOLD-BACK (3 target durations, also the longest a
-                # blocking request waits) ends the playlist; a reconnect before that continues it.
-                reconnect_window = min(self.grace_seconds, 3 * playlist.target_duration(hls))
-                if not hls.live and not hls.ended and now - hls.ended_at >= reconnect_window:
-                    hls.end()
-                    log.info("event=hls_stream_ended stream=%s", key)
-                if hls.ended and now - hls.ended_at > self.grace_seconds:
-                    del self.streams[key]
-                    for variant in [k for k in self._playlists if k[0] == hls.app and k[1] == hls.name]:
-                        del self._playlists[variant]
-                    log.info("event=hls_stream_removed stream=%s", key)
-            self._prune_viewers(now)
+    def _housekeep(self) -> None:
+        now = time.monotonic()
+        for key, hls in list(self.streams.items()):
+            # A publisher that has not come back within HOLD-BACK (3 target durations, also the longest a
+            # blocking request waits) ends the playlist; a reconnect before that continues it.
+            reconnect_window = min(self.grace_seconds, 3 * playlist.target_duration(hls))
+            if not hls.live and not hls.ended and now - hls.ended_at >= reconnect_window:
+                hls.end()
+                log.info("event=hls_stream_ended stream=%s", key)
+            if hls.ended and now - hls.ended_at > self.grace_seconds:
+                del self.streams[key]
+                for variant in [k for k in self._playlists if k[0] == hls.app and k[1] == hls.name]:
+                    del self._playlists[variant]
+                log.info("event=hls_stream_removed stream=%s", key)
+        self._prune_viewers(now)
 
     def _prune_viewers(self, now: float) -> None:
         for viewer, seen in list(self._viewers.items()):

@@ -136,14 +136,12 @@ class RtmpConnection(asyncio.Protocol):
         except HandshakeError as exc:
             self.ctx.metrics.handshake_failures.labels("bad_handshake").inc()
             self.fail("bad_handshake", str(exc))
-        except ChunkError as exc:
+        except ChunkError as exc:  # ProtocolError too
             self.fail(exc.reason, str(exc))
         except AMFError as exc:
             self.fail("bad_amf", str(exc))
         except FlvError as exc:
             self.fail("bad_media", str(exc))
-        except ProtocolError as exc:
-            self.fail(exc.reason, str(exc))
 
     # ----- handshake ------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from mediaserver.auth import Authorizer
 from mediaserver.config import RtmpConfig
 from mediaserver.hub import Hub
 from mediaserver.metrics import Metrics
+from mediaserver.rtmp.chunk import ChunkError
 
 # Chunk stream ids we send on.
 CSID_CONTROL = 2
@@ -33,10 +34,9 @@ UC_PING_RESPONSE = 7
 PLAY_STREAM_ID = 1
 
 
-class ProtocolError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class ProtocolError(ChunkError):
+    """A command-level violation (publish before connect, a bad stream name ...): the same handling as a chunk
+    stream error, one closed connection with a counted `reason`."""
 
 
 @dataclass(slots=True)

@@ -375,7 +375,7 @@ class Housekeeping:
     def __init__(self, registry: SessionRegistry, whip_tick: Callable[[WhipSession, float], Awaitable[None]]) -> None:
         self._registry = registry
         self._whip_tick = whip_tick
-        self._task = BackgroundTask(self._run)
+        self._task = BackgroundTask.every(1.0, self.run_once, "webrtc_housekeeping")
         self._last_stats = 0.0
 
     def start(self) -> None:
@@ -383,14 +383,6 @@ class Housekeeping:
 
     async def stop(self) -> None:
         await self._task.stop()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("event=webrtc_housekeeping_failed")
 
     async def run_once(self) -> None:
         registry = self._registry
