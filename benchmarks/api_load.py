@@ -31,6 +31,8 @@ from typing import Any
 import aiohttp
 from sqlalchemy import insert
 
+from benchmarks.lib import mariadb
+from benchmarks.lib.mariadb import MYSQL
 from benchmarks.lib.report import write_report
 from benchmarks.lib.servers import OurServer
 from benchmarks.lib.stats import percentile
@@ -41,27 +43,12 @@ from control.store import AuditLog, Camera, Store, User
 
 PASSWORD = "benchmark password 1"
 JWT_SECRET = "bench-" + "s" * 40
-MYSQL = os.environ.get("MEDIASERVER_TEST_MYSQL", "root@127.0.0.1:3306")
 
 
 def pct(seconds: list[float], q: float) -> float:
     """The `q` quantile (0..1) of latencies in seconds, in ms (NaN when there are none)."""
     value = percentile(seconds, q * 100)
     return float("nan") if value is None else value * 1000
-
-
-async def mysql_exec(statement: str) -> None:
-    import asyncmy
-
-    credentials, _, address = MYSQL.rpartition("@")
-    user, _, password = credentials.partition(":")
-    host, _, port = address.partition(":")
-    conn = await asyncmy.connect(host=host, port=int(port or 3306), user=user or "root", password=password)
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(statement)
-    finally:
-        conn.close()
 
 
 async def seed(url: str, cameras: int, audit_rows: int) -> tuple[list[str], list[str], int]:
@@ -216,7 +203,7 @@ async def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
     url = server.env["MEDIASERVER_DATABASE_URL"]
     try:
         if database:
-            await mysql_exec(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            await mariadb.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         t0 = time.perf_counter()
         ids, keys, _ = await seed(url, args.cameras, args.audit_rows)
         seeded = time.perf_counter() - t0
@@ -273,7 +260,7 @@ async def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
         if database:
-            await mysql_exec(f"DROP DATABASE IF EXISTS `{database}`")
+            await mariadb.execute(f"DROP DATABASE IF EXISTS `{database}`")
 
 
 def render(all_results: list[dict[str, Any]], args: argparse.Namespace) -> str:

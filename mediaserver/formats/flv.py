@@ -61,6 +61,14 @@ def _skip_mod_ex(body: bytes | bytearray, i: int) -> tuple[int, int]:
             return i, packet_type
 
 
+def _video_packet(
+    codec: Codec, timestamp: int, cts: int, frame_type: int, body: bytes | bytearray, offset: int, is_config: bool
+) -> Packet:
+    # A sequence header counts as a keyframe: players must get it before anything else.
+    keyframe = frame_type == VIDEO_FRAME_KEY or is_config
+    return Packet(TrackKind.VIDEO, codec, timestamp, timestamp + cts, keyframe, body, offset, is_config)
+
+
 def parse_video(body: bytes | bytearray, timestamp: int) -> Packet | None:
     """Return the packet, or None for messages that carry no media (end of sequence, commands)."""
     if len(body) < 1:
@@ -88,17 +96,7 @@ def parse_video(body: bytes | bytearray, timestamp: int) -> Packet | None:
             i += 3
         elif packet_type not in (EX_SEQUENCE_START, EX_CODED_FRAMES, EX_CODED_FRAMES_X):
             return None
-        is_config = packet_type == EX_SEQUENCE_START
-        return Packet(
-            TrackKind.VIDEO,
-            codec,
-            timestamp,
-            timestamp + cts,
-            frame_type == VIDEO_FRAME_KEY or is_config,
-            body,
-            i,
-            is_config,
-        )
+        return _video_packet(codec, timestamp, cts, frame_type, body, i, packet_type == EX_SEQUENCE_START)
     frame_type = b0 >> 4
     codec = _VIDEO_CODEC_ID.get(b0 & 0x0F, Codec.UNKNOWN)
     if frame_type == VIDEO_FRAME_COMMAND:
@@ -111,18 +109,7 @@ def parse_video(body: bytes | bytearray, timestamp: int) -> Packet | None:
     avc_packet_type = body[1]
     if avc_packet_type == 2:
         return None
-    cts = _si24(body, 2)
-    is_config = avc_packet_type == 0
-    return Packet(
-        TrackKind.VIDEO,
-        codec,
-        timestamp,
-        timestamp + cts,
-        frame_type == VIDEO_FRAME_KEY or is_config,
-        body,
-        5,
-        is_config,
-    )
+    return _video_packet(codec, timestamp, _si24(body, 2), frame_type, body, 5, avc_packet_type == 0)
 
 
 def parse_audio(body: bytes | bytearray, timestamp: int) -> Packet | None:

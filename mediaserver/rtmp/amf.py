@@ -460,22 +460,12 @@ class _Decoder:
         self._check_declared(dense, "AMF3 array")
         index = self._reserve(self.objects3)
         saved = self._enter()
-        assoc: dict[str, Any] | None = None
-        n = dense
-        while True:
-            key = self._string3()
-            if not key:
-                break
-            n += 1
-            if n > self.max_items:
-                raise AMFError(f"AMF3 array has more than max_items={self.max_items} entries")
-            if assoc is None:
-                assoc = {}
-            assoc[key] = self.value3()
+        assoc: dict[str, Any] = {}
+        self._dynamic3(assoc, dense, "array")
         value3 = self.value3
         items = [value3() for _ in range(dense)]
         result: list[Any] | dict[str, Any]
-        if assoc is None:
+        if not assoc:
             result = items
         else:
             # Mixed array: one dict, dense items under their index as a string key.
@@ -483,6 +473,17 @@ class _Decoder:
             result = assoc
         self.objects3[index] = (result, *self._leave(saved))
         return result
+
+    def _dynamic3(self, into: dict[str, Any], count: int, what: str) -> None:
+        """Key/value pairs up to the empty key (associative array part, dynamic members), counted from `count`."""
+        while True:
+            key = self._string3()
+            if not key:
+                return
+            count += 1
+            if count > self.max_items:
+                raise AMFError(f"AMF3 {what} has more than max_items={self.max_items} entries")
+            into[key] = self.value3()
 
     def _object3(self) -> Any:  # dict or TypedObject
         header = self._u29()
@@ -510,15 +511,7 @@ class _Decoder:
         for name in sealed:
             values[name] = self.value3()
         if dynamic:
-            n = len(sealed)
-            while True:
-                key = self._string3()
-                if not key:
-                    break
-                n += 1
-                if n > self.max_items:
-                    raise AMFError(f"AMF3 object has more than max_items={self.max_items} members")
-                values[key] = self.value3()
+            self._dynamic3(values, len(sealed), "object")
         result: dict[str, Any] | TypedObject = TypedObject(class_name, values) if class_name else values
         self.objects3[index] = (result, *self._leave(saved))
         return result

@@ -120,6 +120,16 @@ class TrackCounters:
     # (arrival wall clock, handed-to-sender wall clock) of recent frames, for latency measurements.
     delays: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=300))
 
+    def sent(self, size: int) -> bool:
+        """Count one frame handed to the sender; True for the track's first."""
+        self.frames += 1
+        self.bytes += size
+        self.last_frame_at = time.monotonic()
+        if self.first_frame_at is None:
+            self.first_frame_at = self.last_frame_at
+            return True
+        return False
+
 
 class H264Track(MediaStreamTrack):
     """Pre-encoded H.264 for one peer.
@@ -195,13 +205,8 @@ class H264Track(MediaStreamTrack):
         packet.time_base = VIDEO_TIME_BASE
         packet.is_keyframe = unit.keyframe
         counters = self.counters
-        counters.frames += 1
-        counters.bytes += len(unit.data)
-        counters.last_frame_at = time.monotonic()
-        if counters.first_frame_at is None:
-            counters.first_frame_at = counters.last_frame_at
-            if self.on_first_frame is not None:
-                self.on_first_frame()
+        if counters.sent(len(unit.data)) and self.on_first_frame is not None:
+            self.on_first_frame()
         if not squeezed and unit.arrival:
             counters.delays.append(time.time() - unit.arrival)
         if squeezed:
@@ -251,10 +256,5 @@ class OpusTrack(MediaStreamTrack):
         packet = av.Packet(unit.data)
         packet.pts = pts
         packet.time_base = AUDIO_TIME_BASE
-        counters = self.counters
-        counters.frames += 1
-        counters.bytes += len(unit.data)
-        counters.last_frame_at = time.monotonic()
-        if counters.first_frame_at is None:
-            counters.first_frame_at = counters.last_frame_at
+        self.counters.sent(len(unit.data))
         return packet

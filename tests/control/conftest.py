@@ -8,7 +8,6 @@ aiohttp's test client; end-to-end tests start the real server process.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import delete
 
+from benchmarks.lib.mariadb import MYSQL
+from benchmarks.lib.mariadb import execute as _mysql
 from control.plane import ControlPlane
 from control.rbac import Role
 from control.store import ApiToken, AuditLog, Camera, Recording, RefreshToken, Store, User
@@ -27,24 +28,9 @@ from mediaserver.http.app import create_app
 from mediaserver.hub import Hub
 from mediaserver.metrics import Metrics
 
-MYSQL = os.environ.get("MEDIASERVER_TEST_MYSQL", "root@127.0.0.1:3306")
 PASSWORD = "correct horse battery"
 JWT_SECRET = "test-secret-" + "x" * 40
 TABLES = (AuditLog, RefreshToken, ApiToken, Recording, Camera, User)
-
-
-async def _mysql(statement: str) -> None:
-    import asyncmy
-
-    credentials, _, address = MYSQL.rpartition("@")
-    user, _, password = credentials.partition(":")
-    host, _, port = address.partition(":")
-    conn = await asyncmy.connect(host=host, port=int(port or 3306), user=user or "root", password=password)
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(statement)
-    finally:
-        conn.close()
 
 
 async def _migrate(url: str) -> None:

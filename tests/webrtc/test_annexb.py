@@ -12,14 +12,7 @@ from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from mediaserver.codecs import CodecError
 from mediaserver.codecs.annexb import avcc_to_annexb, split_annexb, to_avcc
 from mediaserver.codecs.h264 import START_CODE, avc_decoder_config, parse_avcc
-from mediaserver.formats.flv import (
-    aac_frame,
-    aac_sequence_header,
-    avc_frame,
-    avc_sequence_header,
-    parse_audio,
-    parse_video,
-)
+from mediaserver.formats import flv
 from mediaserver.media import Codec, TrackKind
 from mediaserver.webrtc.codecs import answer_codecs, choose_h264
 from mediaserver.webrtc.ice import strip_mdns_candidates
@@ -120,16 +113,16 @@ def test_annexb_output_decodes_with_ffmpeg() -> None:
 
 def test_flv_bodies_parse_back() -> None:
     record = avc_decoder_config([SPS], [PPS])
-    header = parse_video(avc_sequence_header(record), 1000)
+    header = flv.parse_video(flv.avc_sequence_header(record), 1000)
     assert header is not None and header.is_config and header.codec is Codec.H264 and bytes(header.data) == record
-    frame = parse_video(avc_frame(length_prefixed(IDR), keyframe=True, cts=40), 1040)
+    frame = flv.parse_video(flv.avc_frame(length_prefixed(IDR), keyframe=True, cts=40), 1040)
     assert frame is not None and frame.keyframe and frame.pts == 1080 and bytes(frame.data) == length_prefixed(IDR)
-    inter = parse_video(avc_frame(length_prefixed(SLICE), keyframe=False, cts=-5), 1080)
+    inter = flv.parse_video(flv.avc_frame(length_prefixed(SLICE), keyframe=False, cts=-5), 1080)
     assert inter is not None and not inter.keyframe and inter.pts == 1075
     asc = bytes.fromhex("1190")
-    config = parse_audio(aac_sequence_header(asc), 0)
+    config = flv.parse_audio(flv.aac_sequence_header(asc), 0)
     assert config is not None and config.is_config and config.kind is TrackKind.AUDIO and bytes(config.data) == asc
-    raw = parse_audio(aac_frame(b"\x21\x00\x03"), 20)
+    raw = flv.parse_audio(flv.aac_frame(b"\x21\x00\x03"), 20)
     assert raw is not None and not raw.is_config and bytes(raw.data) == b"\x21\x00\x03"
 
 
