@@ -15,6 +15,7 @@ from control.api import audit as audit_api
 from control.api import auth as auth_api
 from control.api import cameras as cameras_api
 from control.api import openapi as openapi_api
+from control.api import snapshots as snapshots_api
 from control.api import streaming as streaming_api
 from control.api import system as system_api
 from control.api import tokens as tokens_api
@@ -27,11 +28,13 @@ from control.live import CameraLiveTracker
 from control.middleware import cors, security_headers
 from control.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from control.rbac import Permission, Role
+from control.recording_index import CameraRecordPolicy, RecordingIndex
 from control.security import PasswordHasher, TokenService, load_or_create_secret
 from control.services import PRINCIPAL, SERVICES, Services
 from control.store import Camera, Store, User
 from mediaserver.config import Config, ConfigError
 from mediaserver.hub import HubView
+from mediaserver.snapshot import Snapshotter
 
 log = logging.getLogger("control.plane")
 
@@ -40,7 +43,17 @@ ADMIN_PASSWORD_ENV = "MEDIASERVER_ADMIN_PASSWORD"
 
 
 def all_routes() -> list[ApiRoute]:
-    tables = (auth_api, users_api, cameras_api, streaming_api, tokens_api, audit_api, system_api, openapi_api)
+    tables = (
+        auth_api,
+        users_api,
+        cameras_api,
+        snapshots_api,
+        streaming_api,
+        tokens_api,
+        audit_api,
+        system_api,
+        openapi_api,
+    )
     return [route for module in tables for route in module.routes.routes]
 
 
@@ -107,18 +120,26 @@ class ControlPlane:
         self.authorizer = DatabaseAuthorizer(
             self.store, self.tokens, self.audit, config.api.publish_app, config.api.authorizer_cache_ttl
         )
+        # Camera snapshots: decoded from the hub's cached keyframes on request, in worker threads.
+        self.snapshots = Snapshotter.from_config(config.snapshot, hub)
         self.services = Services(
-            config, self.store, self.hasher, self.tokens, self.audit, self.limiter, self.authorizer, hub
+            config, self.store, self.hasher, self.tokens, self.audit, self.limiter, self.authorizer, hub, self.snapshots
         )
         self.live = CameraLiveTracker(self.store, self.audit, hub, config.api.publish_app)
+        # What the recorder asks (which cameras record) and tells (the files it writes).
+        self.record_policy = CameraRecordPolicy(self.store, config.api.publish_app, config.recording.streams)
+        self.recording_index = RecordingIndex(self.store, Path(config.recording_root()), config.api.publish_app)
         self.stats_gate = ApiStatsGate(self.services)
         self.routes = all_routes()
 
     def install(self, app: web.Application) -> None:
         from control.api.openapi import OPENAPI_KEY, build_openapi
+        from mediaserver.http.app import METRICS_KEY
 
         app[SERVICES] = self.services
-        app[OPENAPI_KEY] = build_openapi(self.routes)
+        app[OPENAPI_KEY] = snapshots_api.document(build_openapi(self.routes))
+        if METRICS_KEY in app:
+            self.snapshots.register_metrics(app[METRICS_KEY].registry)
         for route in self.routes:
             app.router.add_route(route.method, route.full_path, guarded(route, self.services))
         app.middlewares.insert(0, security_headers)
@@ -138,6 +159,10 @@ class ControlPlane:
             async with self.store.sessions.begin() as session:
                 await session.execute(update(Camera).where(Camera.status == "online").values(status="offline"))
         self.live.start()
+        if self.config.recording.enabled:
+            # Before anything records: the index follows the disk (a crash may have cut files short).
+            await self.recording_index.reconcile()
+        self.recording_index.start()
         log.info(
             "event=control_plane_started database=%s publish_mode=%s",
             self.store.safe_url,
@@ -167,6 +192,8 @@ class ControlPlane:
         log.info("event=admin_created username=%s source=environment", username)
 
     async def stop(self) -> None:
+        self.snapshots.close()
         await self.live.stop()
+        await self.recording_index.stop()
         await self.limiter.close()
         await self.store.close()

@@ -15,6 +15,7 @@ from control.security import PasswordHasher, TokenService
 from control.store import Store
 from mediaserver.config import Config
 from mediaserver.hub import HubView
+from mediaserver.snapshot import Snapshotter
 
 if TYPE_CHECKING:
     from control.authorizer import DatabaseAuthorizer
@@ -47,6 +48,7 @@ class Services:
     limiter: RateLimiter
     authorizer: DatabaseAuthorizer
     hub: HubView
+    snapshots: Snapshotter
     started_at: float = field(default_factory=time.time)
 
 

@@ -21,6 +21,7 @@ from mediaserver.http.app import create_app
 from mediaserver.hub import Hub
 from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
+from mediaserver.recording.recorder import LogSink, PatternPolicy, Recorder, RecordingSink, RecordPolicy
 from mediaserver.rtmp.context import RtmpContext
 from mediaserver.rtmp.server import start_rtmp, tls_context
 from mediaserver.webrtc.service import WebrtcService
@@ -58,10 +59,32 @@ class MediaServer:
         self._runner: web.AppRunner | None = None
         self.hls: HlsService | None = None
         routes = []
-        if config.hls.enabled:
+        recording = config.recording
+        # The segmenter runs for HLS and for the recorder (one muxing pass); its routes only with HLS on.
+        if config.hls.enabled or recording.enabled:
             settings = HlsSettings(config.hls.segment_duration, config.hls.part_duration, config.hls.window)
             self.hls = HlsService(self.hub, settings, self.metrics.registry, config.hls.grace_seconds, self.play_access)
-            routes.extend(self.hls.routes())
+            if config.hls.enabled:
+                routes.extend(self.hls.routes())
+        self.recorder: Recorder | None = None
+        if recording.enabled and self.hls is not None:
+            policy: RecordPolicy = (
+                self.control.record_policy if self.control is not None else PatternPolicy(recording.streams)
+            )
+            sink: RecordingSink = self.control.recording_index if self.control is not None else LogSink()
+            self.recorder = Recorder(
+                Path(config.recording_root()),
+                policy,
+                sink,
+                self.metrics.registry,
+                file_duration=recording.file_duration,
+                max_buffer_bytes=recording.max_buffer_bytes,
+                sync_interval=recording.sync_interval,
+                progress_interval=recording.progress_interval,
+                default_app=config.api.publish_app,
+            )
+            self.hls.fragment_listeners.append(self.recorder)
+            self.hub.listen(self.recorder.on_hub_event)
         self.loop_lag = LoopLagMonitor(self.metrics.registry)
         self.webrtc: WebrtcService | None = None
         if config.webrtc.enabled:
@@ -86,6 +109,8 @@ class MediaServer:
         self.hub.start()
         if self.hls is not None:
             self.hls.start()
+        if self.recorder is not None:
+            self.recorder.start()
         self.loop_lag.start()
         if self.webrtc is not None:
             self.webrtc.start()
@@ -108,6 +133,9 @@ class MediaServer:
             await self.webrtc.stop()
         await self.loop_lag.stop()
         await self.hub.stop()
+        if self.recorder is not None:
+            await self.recorder.stop()
+            await asyncio.sleep(0)  # let the writer's last results reach the index
         if self.hls is not None:
             await self.hls.stop()
         for server in self._servers:

@@ -86,6 +86,19 @@ class HlsConfig:
 
 
 @dataclass(slots=True)
+class SnapshotConfig:
+    # JPEG stills of live cameras (GET /api/v1/cameras/{id}/snapshot.jpg), made from the cached keyframe on request.
+    # Widest picture in pixels, aspect kept (0: the stream's own size).
+    max_width: int = 640
+    # Seconds a stream's picture is reused (and may be cached by the client); 0: a new one for every request.
+    cache_seconds: float = 5.0
+    # JPEG quantiser, ffmpeg's -q:v: 2 (best, largest) .. 31 (smallest).
+    quality: int = 5
+    # Threads that decode and encode snapshots.
+    workers: int = 2
+
+
+@dataclass(slots=True)
 class AuthConfig:
     # "open": anyone may publish; "static": the stream name (or its ?key= parameter) must be in publish_keys;
     # "database": the stream key must belong to an enabled camera of the control plane.
@@ -183,6 +196,23 @@ class WebrtcConfig:
 
 
 @dataclass(slots=True)
+class RecordingConfig:
+    enabled: bool = True
+    # Where recordings go (the hot tier); empty: `<server.data_dir>/recordings`.
+    root: str = ""
+    # A file rolls over on the first keyframe after this many seconds.
+    file_duration: float = 3600.0
+    # Streams to record by pattern (`app/name`, shell-style: "live/*"), besides cameras with recording on.
+    streams: list[str] = field(default_factory=list)
+    # Bytes queued for the disk before fragments are dropped (a gap is recorded and an alert raised).
+    max_buffer_bytes: int = 64 * 1024 * 1024
+    # Longest time between two flushes of a file to the disk (fdatasync).
+    sync_interval: float = 1.0
+    # How often the index hears an open file's new end.
+    progress_interval: float = 5.0
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
@@ -190,14 +220,21 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     hls: HlsConfig = field(default_factory=HlsConfig)
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     auth_api: AuthApiConfig = field(default_factory=AuthApiConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     webrtc: WebrtcConfig = field(default_factory=WebrtcConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+
+    def recording_root(self) -> str:
+        return self.recording.root or str(Path(self.server.data_dir) / "recordings")
 
     def validate(self) -> None:
+        if self.recording.file_duration < 1 or self.recording.max_buffer_bytes < 1024 * 1024:
+            raise ConfigError("recording.file_duration must be >= 1 s and max_buffer_bytes >= 1 MiB")
         if self.auth.publish_mode not in ("open", "static", "database"):
             raise ConfigError(
                 f"auth.publish_mode must be 'open', 'static' or 'database', not {self.auth.publish_mode!r}"

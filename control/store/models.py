@@ -66,8 +66,14 @@ class Camera(Base):
 
 
 class Recording(Base):
+    """One recording file. `path` is relative to its tier's root; `checksum` (SHA-256) is set once it is closed."""
+
     __tablename__ = "recordings"
-    __table_args__ = (Index("ix_recordings_camera_started", "camera_id", "started_at"), MYSQL_TABLE)
+    __table_args__ = (
+        Index("ix_recordings_camera_started", "camera_id", "started_at"),
+        Index("ix_recordings_tier_started", "tier", "started_at"),
+        MYSQL_TABLE,
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     camera_id: Mapped[str] = mapped_column(String(32), ForeignKey("cameras.id", ondelete="CASCADE"))
@@ -76,6 +82,11 @@ class Recording(Base):
     path: Mapped[str] = mapped_column(String(1024))
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    tier: Mapped[str] = mapped_column(String(8), default="hot", server_default="hot")
+    codecs: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    checksum: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The publisher's session the file belongs to: consecutive files of one instance join without a gap.
+    instance: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class ApiToken(Base):

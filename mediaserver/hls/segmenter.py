@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from mediaserver.codecs.strings import codec_string
 from mediaserver.formats import fmp4
+from mediaserver.fragments import CmafFragment, CmafInit, FragmentListener
 from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
 
 log = logging.getLogger("mediaserver.hls")
@@ -82,7 +83,14 @@ class HlsStream:
     # As a hub subscriber: one per stream, whatever the number of HLS viewers.
     protocol = "hls_segmenter"
 
-    def __init__(self, app: str, name: str, settings: HlsSettings, stats: SegmenterStats) -> None:
+    def __init__(
+        self,
+        app: str,
+        name: str,
+        settings: HlsSettings,
+        stats: SegmenterStats,
+        listeners: list[FragmentListener] | None = None,
+    ) -> None:
         self.app = app
         self.name = name
         self.settings = settings
@@ -120,6 +128,8 @@ class HlsStream:
         self._fragment_sequence = 1
         self._has_video = False
         self._waiting_keyframe = True
+        # Others that take the same fragments (the recorder): shared list, owned by the service.
+        self._listeners = listeners if listeners is not None else []
 
     # ----- lifecycle --------------------------------------------------------------------
 
@@ -148,6 +158,8 @@ class HlsStream:
         self.live = False
         self.ended_at = time.monotonic()
         self._notify()
+        for listener in self._listeners:
+            listener.on_timeline_end(self.app, self.name)
 
     def end(self) -> None:
         """No publisher since `detach()`: end the playlist (EXT-X-ENDLIST) and wake blocked readers."""
@@ -234,6 +246,11 @@ class HlsStream:
         self.init_id += 1
         self.inits[self.init_id] = fmp4.init_segment(tracks)
         self._waiting_keyframe = True
+        if self._listeners:
+            width, height = self.resolution
+            init = CmafInit(self.init_id, self.inits[self.init_id], tuple(self.codecs()), width, height)
+            for listener in self._listeners:
+                listener.on_init(self.app, self.name, init)
         log.info(
             "event=hls_init stream=%s/%s init=%d codecs=%s",
             self.app,
@@ -317,6 +334,19 @@ class HlsStream:
         self._fragment_sequence += 1
         independent = bool(self._pending[0]) and self._pending[0][0].keyframe
         duration = max(end_dts - self._part_start, 0) / 1000
+        if self._listeners:
+            fragment = CmafFragment(
+                segment.init_id,
+                data,
+                self._part_start,
+                duration,
+                segment.program_date_time + segment.duration,
+                independent,
+                not segment.parts,
+                segment.discontinuity and not segment.parts,
+            )
+            for listener in self._listeners:
+                listener.on_fragment(self.app, self.name, fragment)
         segment.parts.append(Part(len(segment.parts), duration, independent, data))
         segment.duration += duration
         self._pending = [[] for _ in self._tracks]

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from mediaserver.auth import AllowAll, Denied, StreamGrant
 from mediaserver.background import BackgroundTask
 from mediaserver.events import StreamEvent, StreamEventKind
+from mediaserver.fragments import FragmentListener
 from mediaserver.hls import playlist
 from mediaserver.hls.segmenter import HlsSettings, HlsStream, SegmenterStats
 from mediaserver.http.access import PlayAccess, set_play_cookie
@@ -43,6 +44,8 @@ class HlsService:
     ) -> None:
         self.hub = hub
         self.play_access = play_access or PlayAccess(AllowAll(), registry)
+        # Fragment listeners every stream's segmenter calls (the recorder): one muxing pass for all.
+        self.fragment_listeners: list[FragmentListener] = []
         self.settings = settings
         self.grace_seconds = grace_seconds
         self.streams: dict[str, HlsStream] = {}
@@ -76,7 +79,7 @@ class HlsService:
         stream = event.stream
         hls = self.streams.get(stream.key)
         if hls is None:
-            hls = HlsStream(stream.app, stream.name, self.settings, self.stats)
+            hls = HlsStream(stream.app, stream.name, self.settings, self.stats, self.fragment_listeners)
             self.streams[stream.key] = hls
         hls.attach(stream.video, stream.audio)
         stream.subscribe(hls)

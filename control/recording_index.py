@@ -1,0 +1,226 @@
+"""The recordings index: database rows that follow the recorder and, at start-up, the disk.
+
+The recorder calls the sink synchronously on the event loop; the calls go through a queue to one worker so
+the database sees them in order (as camera status does in `live.py`). At start-up, before anything records,
+`reconcile` walks the hot tier: files the index lacks are added, files a crash cut short are repaired and
+closed, rows whose file is gone are removed, so that the index matches the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import delete, select, update
+
+from control.api.base import CAMERA_ID
+from control.store import Camera, Recording, Store
+from mediaserver.recording import repair
+from mediaserver.recording.recorder import RecordingFile
+
+log = logging.getLogger("control.recordings")
+
+_STOP = object()
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+class CameraRecordPolicy:
+    """Record a camera's stream when the camera has `recording_enabled`, and streams the config's patterns name."""
+
+    def __init__(self, store: Store, app: str, patterns: list[str]) -> None:
+        from mediaserver.recording.recorder import PatternPolicy
+
+        self._store = store
+        self._app = app
+        self._patterns = PatternPolicy(patterns)
+
+    async def wants(self, app: str, name: str) -> bool:
+        if await self._patterns.wants(app, name):
+            return True
+        if app != self._app or not CAMERA_ID.match(name):
+            return False
+        async with self._store.reader() as session:
+            enabled = await session.scalar(select(Camera.recording_enabled).where(Camera.id == name))
+        return bool(enabled)
+
+
+class RecordingIndex:
+    """The `RecordingSink` of the recorder, backed by the `recordings` table."""
+
+    def __init__(self, store: Store, root: Path, app: str) -> None:
+        self._store = store
+        self._root = root
+        self._app = app
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        # Relative path -> row id of the files this process opened.
+        self._rows: dict[str, int] = {}
+        self.alerts: list[tuple[str, str, str]] = []
+
+    # ----- RecordingSink (event loop, must not block) ------------------------------------------------------
+
+    def _camera_of(self, file: RecordingFile) -> str | None:
+        if file.app == self._app and CAMERA_ID.match(file.name):
+            return file.name
+        return None
+
+    def opened(self, file: RecordingFile) -> None:
+        if self._camera_of(file) is not None:
+            self._queue.put_nowait(("opened", replace(file)))
+
+    def progressed(self, file: RecordingFile) -> None:
+        if self._camera_of(file) is not None:
+            self._queue.put_nowait(("progressed", replace(file)))
+
+    def closed(self, file: RecordingFile) -> None:
+        if self._camera_of(file) is not None:
+            self._queue.put_nowait(("closed", replace(file)))
+
+    def alert(self, app: str, name: str, reason: str, detail: str) -> None:
+        log.warning("event=recording_alert stream=%s/%s reason=%s detail=%s", app, name, reason, detail)
+        self.alerts = [*self.alerts[-99:], (f"{app}/{name}", reason, detail)]
+
+    # ----- worker --------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._queue.put_nowait(_STOP)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    async def idle(self) -> None:
+        """Wait until every queued change is in the database (tests)."""
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, tuple)
+            kind, file = item
+            try:
+                await self._apply(kind, file)
+            except Exception:
+                log.exception("event=recording_index_failed change=%s path=%s", kind, file.path)
+
+    async def _apply(self, kind: str, file: RecordingFile) -> None:
+        camera_id = self._camera_of(file)
+        assert camera_id is not None
+        if kind == "opened":
+            async with self._store.sessions.begin() as session:
+                row = Recording(
+                    camera_id=camera_id,
+                    started_at=_utc(file.started_at),
+                    ended_at=None,
+                    path=file.path,
+                    size_bytes=file.size,
+                    duration_seconds=0.0,
+                    tier="hot",
+                    codecs=",".join(file.codecs),
+                    instance=file.instance,
+                )
+                session.add(row)
+                await session.flush()
+                self._rows[file.path] = row.id
+            return
+        row_id = self._rows.get(file.path)
+        if row_id is None:
+            return
+        if kind == "closed" and file.error:
+            # A failed write leaves a torn tail: cut it now, so the file reads to its last whole fragment.
+            try:
+                facts = await asyncio.to_thread(repair.repair_file, self._root, file.path)
+                file = replace(file, size=facts.size, ended_at=facts.ended_at, checksum=facts.checksum)
+                file.duration = facts.duration
+            except (OSError, ValueError) as exc:
+                log.error("event=recording_repair_failed path=%s error=%s", file.path, exc)
+        values: dict[str, object] = {
+            "size_bytes": file.size,
+            "duration_seconds": round(file.duration, 3),
+            "ended_at": _utc(file.ended_at),
+        }
+        if kind == "closed":
+            values["checksum"] = file.checksum
+            self._rows.pop(file.path, None)
+        async with self._store.sessions.begin() as session:
+            await session.execute(update(Recording).where(Recording.id == row_id).values(**values))
+
+    # ----- start-up ------------------------------------------------------------------------------------------
+
+    async def reconcile(self) -> dict[str, int]:
+        """Make the hot tier's rows match its files; returns counts of what was done."""
+        counts = {"added": 0, "repaired": 0, "removed": 0}
+        on_disk = set(await asyncio.to_thread(lambda: list(repair.recordings_under(self._root))))
+        async with self._store.reader() as session:
+            rows = (await session.execute(select(Recording).where(Recording.tier == "hot"))).scalars().all()
+            known = {row.path: (row.id, row.checksum) for row in rows}
+            cameras = set((await session.execute(select(Camera.id))).scalars().all())
+        for path, (row_id, _) in known.items():
+            if path not in on_disk:
+                async with self._store.sessions.begin() as session:
+                    await session.execute(delete(Recording).where(Recording.id == row_id))
+                counts["removed"] += 1
+                log.warning("event=recording_row_removed path=%s reason=file_missing", path)
+        for path in sorted(on_disk):
+            row = known.get(path)
+            if row is not None and row[1] is not None:
+                continue  # closed cleanly: the index is right
+            try:
+                facts = await asyncio.to_thread(repair.repair_file, self._root, path)
+            except (OSError, ValueError) as exc:
+                log.error("event=recording_unreadable path=%s error=%s", path, exc)
+                continue
+            header = facts.header
+            camera_id = str(header.get("name", ""))
+            if header.get("app") != self._app or camera_id not in cameras:
+                continue
+            values = {
+                "size_bytes": facts.size,
+                "duration_seconds": facts.duration,
+                "ended_at": _utc(facts.ended_at),
+                "checksum": facts.checksum,
+            }
+            async with self._store.sessions.begin() as session:
+                if row is None:
+                    session.add(
+                        Recording(
+                            camera_id=camera_id,
+                            started_at=_utc(facts.started_at),
+                            path=path,
+                            tier="hot",
+                            codecs=",".join(str(c) for c in header.get("codecs", [])),
+                            instance=str(header.get("instance", "")),
+                            **values,
+                        )
+                    )
+                    counts["added"] += 1
+                else:
+                    await session.execute(update(Recording).where(Recording.id == row[0]).values(**values))
+                    counts["repaired"] += 1
+        log.info(
+            "event=recordings_reconciled added=%d repaired=%d removed=%d",
+            counts["added"],
+            counts["repaired"],
+            counts["removed"],
+        )
+        return counts

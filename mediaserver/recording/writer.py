@@ -1,0 +1,214 @@
+"""File I/O for recordings, in one thread of its own: the event loop only queues work and hears results.
+
+The queue is bounded in bytes. When the disk cannot keep up, `submit` refuses and the recorder records a
+gap instead of letting memory grow or slowing the live stream. Every file's data is flushed to the OS on
+each write and to the disk (`fdatasync`) at most `sync_interval` apart and on close, so a crash or a power
+cut loses at most that much; the SHA-256 of what was written is kept as it goes and reported on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("mediaserver.recording")
+
+
+@dataclass(slots=True)
+class Open:
+    file_id: int
+    path: Path
+    head: bytes
+
+
+@dataclass(slots=True)
+class Append:
+    file_id: int
+    data: bytes
+    # Index lines to append once `data` is written (segments that `data` completes).
+    index: str = ""
+
+
+@dataclass(slots=True)
+class Close:
+    file_id: int
+    index: str = ""
+
+
+Op = Open | Append | Close
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What the thread reports back (on the event loop) for a file."""
+
+    file_id: int
+    kind: str  # "written", "closed", "failed"
+    size: int = 0
+    seconds: float = 0.0
+    checksum: str = ""
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _File:
+    fd: int
+    index_fd: int
+    size: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    synced_at: float = field(default_factory=time.monotonic)
+
+
+def failure_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "disk_full"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "not_writable"
+    return "io_error"
+
+
+class RecordingWriter:
+    def __init__(self, max_buffer_bytes: int, sync_interval: float) -> None:
+        self.max_buffer_bytes = max_buffer_bytes
+        self.sync_interval = sync_interval
+        self.buffered = 0
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self._files: dict[int, _File] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_result: Callable[[WriteResult], None] | None = None
+
+    def start(self, on_result: Callable[[WriteResult], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._on_result = on_result
+        self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        thread, self._thread = self._thread, None
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+    def submit(self, op: Op) -> bool:
+        """Queue work; False (nothing queued) when the buffer is full: the caller records a gap."""
+        size = len(op.data) if isinstance(op, Append) else len(op.head) if isinstance(op, Open) else 0
+        with self._lock:
+            if size and self.buffered + size > self.max_buffer_bytes:
+                return False
+            self.buffered += size
+        self._queue.put(op)
+        return True
+
+    # ----- the thread ---------------------------------------------------------------------------------------
+
+    def _report(self, result: WriteResult) -> None:
+        if self._loop is not None and self._on_result is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                self._loop.call_soon_threadsafe(self._on_result, result)
+
+    def _run(self) -> None:
+        while True:
+            op = self._queue.get()
+            if op is None:
+                for file_id in list(self._files):
+                    self._close(Close(file_id))
+                return
+            started = time.monotonic()
+            size = 0
+            try:
+                if isinstance(op, Open):
+                    size = len(op.head)
+                    self._open(op)
+                elif isinstance(op, Append):
+                    size = len(op.data)
+                    self._append(op, started)
+                else:
+                    self._close(op)
+            except OSError as exc:
+                self._fail(op.file_id, exc)
+            except Exception as exc:
+                log.exception("event=recording_writer_error file=%d", op.file_id)
+                self._fail(op.file_id, OSError(errno.EIO, str(exc)))
+            finally:
+                with self._lock:
+                    self.buffered -= size
+
+    def _open(self, op: Open) -> None:
+        op.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(op.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            index_fd = os.open(
+                op.path.with_name(op.path.name + ".idx"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640
+            )
+        except OSError:
+            os.close(fd)
+            raise
+        file = _File(fd, index_fd)
+        self._files[op.file_id] = file
+        self._write(file, op.head)
+        # The folder entry must survive a power cut too.
+        dir_fd = os.open(op.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _write(self, file: _File, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(file.fd, view)
+            view = view[written:]
+        file.size += len(data)
+        file.digest.update(data)
+
+    def _append(self, op: Append, started: float) -> None:
+        file = self._files.get(op.file_id)
+        if file is None:
+            return  # the file failed earlier; the recorder knows
+        self._write(file, op.data)
+        if op.index:
+            os.write(file.index_fd, op.index.encode())
+        now = time.monotonic()
+        if now - file.synced_at >= self.sync_interval:
+            os.fdatasync(file.fd)
+            os.fdatasync(file.index_fd)
+            file.synced_at = now
+        self._report(WriteResult(op.file_id, "written", file.size, time.monotonic() - started))
+
+    def _close(self, op: Close) -> None:
+        file = self._files.pop(op.file_id, None)
+        if file is None:
+            return
+        try:
+            if op.index:
+                os.write(file.index_fd, op.index.encode())
+            os.fdatasync(file.fd)
+            os.fdatasync(file.index_fd)
+        finally:
+            os.close(file.fd)
+            os.close(file.index_fd)
+        self._report(WriteResult(op.file_id, "closed", file.size, checksum=file.digest.hexdigest()))
+
+    def _fail(self, file_id: int, exc: OSError) -> None:
+        file = self._files.pop(file_id, None)
+        if file is not None:
+            for fd in (file.fd, file.index_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        reason = failure_reason(exc)
+        self._report(WriteResult(file_id, "failed", file.size if file else 0, reason=reason, detail=str(exc)))
