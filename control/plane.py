@@ -30,10 +30,11 @@ from control.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from control.rbac import Permission, Role
 from control.recording_index import CameraRecordPolicy, RecordingIndex
 from control.security import PasswordHasher, TokenService, load_or_create_secret
-from control.services import PRINCIPAL, SERVICES, Services
+from control.services import PRINCIPAL, SERVICES, RecorderControl, RecordingAccess, Services
 from control.store import Camera, Store, User
 from mediaserver.config import Config, ConfigError
 from mediaserver.hub import HubView
+from mediaserver.recording.storage import LocalTier
 from mediaserver.snapshot import Snapshotter
 
 log = logging.getLogger("control.plane")
@@ -122,8 +123,19 @@ class ControlPlane:
         )
         # Camera snapshots: decoded from the hub's cached keyframes on request, in worker threads.
         self.snapshots = Snapshotter.from_config(config.snapshot, hub)
+        # Recordings are read through tiers; the hot one is where the recorder writes.
+        self.recordings = RecordingAccess({"hot": LocalTier("hot", Path(config.recording_root()))})
         self.services = Services(
-            config, self.store, self.hasher, self.tokens, self.audit, self.limiter, self.authorizer, hub, self.snapshots
+            config,
+            self.store,
+            self.hasher,
+            self.tokens,
+            self.audit,
+            self.limiter,
+            self.authorizer,
+            hub,
+            self.snapshots,
+            self.recordings,
         )
         self.live = CameraLiveTracker(self.store, self.audit, hub, config.api.publish_app)
         # What the recorder asks (which cameras record) and tells (the files it writes).
@@ -145,6 +157,10 @@ class ControlPlane:
         app.middlewares.insert(0, security_headers)
         if self.config.api.cors_origins:
             app.middlewares.insert(1, cors(self.config.api.cors_origins))
+
+    def attach_recorder(self, recorder: RecorderControl) -> None:
+        """The composition root hands over the data plane's recorder (manual start/stop from the API)."""
+        self.recordings.recorder = recorder
 
     async def start(self) -> None:
         if not self.tokens.ready:

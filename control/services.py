@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -15,6 +15,7 @@ from control.security import PasswordHasher, TokenService
 from control.store import Store
 from mediaserver.config import Config
 from mediaserver.hub import HubView
+from mediaserver.recording.storage import Tier
 from mediaserver.snapshot import Snapshotter
 
 if TYPE_CHECKING:
@@ -38,6 +39,22 @@ class Principal:
         return Actor(self.user_id, self.username, ip)
 
 
+class RecorderControl(Protocol):
+    """The part of the data plane's recorder the API drives (manual start/stop)."""
+
+    def set_recording(self, app: str, name: str, on: bool) -> bool: ...
+
+    def is_recording(self, app: str, name: str) -> bool: ...
+
+
+@dataclass
+class RecordingAccess:
+    """Where recordings are read from (a tier per name: hot, warm, cold) and the live recorder, if any."""
+
+    tiers: dict[str, Tier]
+    recorder: RecorderControl | None = None
+
+
 @dataclass
 class Services:
     config: Config
@@ -49,6 +66,7 @@ class Services:
     authorizer: DatabaseAuthorizer
     hub: HubView
     snapshots: Snapshotter
+    recordings: RecordingAccess
     started_at: float = field(default_factory=time.time)
 
 

@@ -84,6 +84,8 @@ class MediaServer:
                 default_app=config.api.publish_app,
             )
             self.hls.fragment_listeners.append(self.recorder)
+            if self.control is not None:
+                self.control.attach_recorder(self.recorder)
             self.hub.listen(self.recorder.on_hub_event)
         self.loop_lag = LoopLagMonitor(self.metrics.registry)
         self.webrtc: WebrtcService | None = None
