@@ -146,14 +146,6 @@ class RecordingIndex:
         row_id = self._rows.get(file.path)
         if row_id is None:
             return
-        if kind == "closed" and file.error:
-            # A failed write leaves a torn tail: cut it now, so the file reads to its last whole fragment.
-            try:
-                facts = await asyncio.to_thread(repair.repair_file, self._root, file.path)
-                file = replace(file, size=facts.size, ended_at=facts.ended_at, checksum=facts.checksum)
-                file.duration = facts.duration
-            except (OSError, ValueError) as exc:
-                log.error("event=recording_repair_failed path=%s error=%s", file.path, exc)
         values: dict[str, object] = {
             "size_bytes": file.size,
             "duration_seconds": round(file.duration, 3),

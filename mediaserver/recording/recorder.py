@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.fragments import CmafFragment, CmafInit
-from mediaserver.recording import fileformat, layout
+from mediaserver.recording import fileformat, layout, repair
 from mediaserver.recording.writer import Append, Close, Open, RecordingWriter, WriteResult
 
 log = logging.getLogger("mediaserver.recording")
@@ -110,12 +110,18 @@ class _OpenFile:
     file_id: int
     init_id: int
     info: RecordingFile
+    # Media time of the file's first sample: durations and index stamps follow the media clock from the
+    # wall-clock anchor in the header, so they do not depend on when the event loop got to each fragment.
+    start_ms: int
     # The segment being written: [offset, size, start_ms, duration_ms, wallclock_ms], and the file's end offset.
     segment: list[int] = field(default_factory=list)
     end: int = 0
     last_progress: float = field(default_factory=time.monotonic)
     # Bytes the writer has confirmed so far (the written-bytes counter moves by the difference).
     confirmed: int = 0
+
+    def wallclock_ms(self, media_ms: int) -> int:
+        return round(self.info.started_at * 1000) + media_ms - self.start_ms
 
     def finish_segment(self) -> str:
         if not self.segment:
@@ -135,6 +141,10 @@ class _StreamState:
     init: CmafInit | None = None
     file: _OpenFile | None = None
     retry_at: float = 0.0
+    # (wall clock, media ms) of the timeline being recorded: a rollover's next file starts exactly where the
+    # last one ended on the media clock, so consecutive files join without a gap or an overlap.
+    anchor: tuple[float, int] | None = None
+    last_start: float = 0.0
 
 
 class Recorder:
@@ -202,6 +212,7 @@ class Recorder:
         if event.kind is StreamEventKind.STARTED:
             state = self.streams.setdefault(key, _StreamState(event.stream.app, event.stream.name))
             state.instance = secrets.token_hex(8)
+            state.anchor = None
             task = asyncio.get_running_loop().create_task(self._ask_policy(state))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -260,10 +271,11 @@ class Recorder:
         if file is not None:
             if fragment.discontinuity or fragment.init_id != file.init_id:
                 self._close(state, "new_timeline")
+                state.anchor = None
                 file = None
             elif (
                 fragment.segment_start
-                and fragment.wallclock - file.info.started_at >= self.file_duration - ROLLOVER_SLACK
+                and (fragment.start_ms - file.start_ms) / 1000 >= self.file_duration - ROLLOVER_SLACK
             ):
                 self._close(state, "rollover")
                 file = None
@@ -276,7 +288,7 @@ class Recorder:
         index = ""
         if fragment.segment_start:
             index = file.finish_segment()
-            file.segment = [file.end, 0, fragment.start_ms, 0, int(fragment.wallclock * 1000)]
+            file.segment = [file.end, 0, fragment.start_ms, 0, file.wallclock_ms(fragment.start_ms)]
         if not self.writer.submit(Append(file.file_id, fragment.data, index)):
             # The disk is behind: drop this fragment, end the file on what it has, and start again at a keyframe.
             self.gaps.labels("buffer_full").inc()
@@ -291,8 +303,8 @@ class Recorder:
             file.segment[3] = fragment.start_ms + round(fragment.duration * 1000) - file.segment[2]
         file.end += len(fragment.data)
         info = file.info
-        info.duration = round(fragment.wallclock + fragment.duration - info.started_at, 3)
-        info.ended_at = fragment.wallclock + fragment.duration
+        info.duration = round((fragment.start_ms - file.start_ms) / 1000 + fragment.duration, 3)
+        info.ended_at = info.started_at + info.duration
         info.size = file.end
         now = time.monotonic()
         if now - file.last_progress >= self.progress_interval:
@@ -305,13 +317,19 @@ class Recorder:
         init = state.init
         if init is None or init.init_id != fragment.init_id:
             return None
+        if state.anchor is None or fragment.discontinuity:
+            state.anchor = (fragment.wallclock, fragment.start_ms)
+        started = round(state.anchor[0] + (fragment.start_ms - state.anchor[1]) / 1000, 3)
+        # Two files of a stream never share a name, even when fragments come faster than real time.
+        started = max(started, round(state.last_start + 0.001, 3))
+        state.last_start = started
         folder = layout.stream_folder(state.app, state.name, self.default_app)
-        relative = layout.relative_path(folder, fragment.wallclock)
+        relative = layout.relative_path(folder, started)
         facts = {
             "app": state.app,
             "name": state.name,
             "instance": state.instance,
-            "start": round(fragment.wallclock, 3),
+            "start": started,
             "start_ms": fragment.start_ms,
             "codecs": list(init.codecs),
             "width": init.width,
@@ -327,13 +345,13 @@ class Recorder:
             state.app,
             state.name,
             relative,
-            fragment.wallclock,
-            fragment.wallclock,
+            started,
+            started,
             size=len(head),
             codecs=init.codecs,
             instance=state.instance,
         )
-        file = _OpenFile(file_id, init.init_id, info, end=len(head))
+        file = _OpenFile(file_id, init.init_id, info, fragment.start_ms, end=len(head))
         state.file = file
         self._files[file_id] = file
         self.files_opened.inc()
@@ -386,6 +404,19 @@ class Recorder:
             result.detail,
         )
         self.sink.alert(info.app, info.name, "recording_write_failed", result.reason)
+        task = asyncio.get_running_loop().create_task(self._repair_failed(info))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _repair_failed(self, info: RecordingFile) -> None:
+        """A failed write leaves a torn tail: cut it now so the file reads to its last whole fragment."""
+        try:
+            facts = await asyncio.to_thread(repair.repair_file, self.root, info.path)
+        except (OSError, ValueError) as exc:
+            log.error("event=recording_repair_failed path=%s error=%s", info.path, exc)
+        else:
+            info.size, info.ended_at, info.checksum = facts.size, facts.ended_at, facts.checksum
+            info.duration = facts.duration
         self.sink.closed(info)
 
 

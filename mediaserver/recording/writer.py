@@ -159,8 +159,17 @@ class RecordingWriter:
             os.close(fd)
             raise
         file = _File(fd, index_fd)
+        try:
+            self._write(file, op.head)
+        except OSError:
+            # A file without its head holds nothing playable: leave no husk behind (a full disk, say).
+            os.close(fd)
+            os.close(index_fd)
+            for leftover in (op.path, op.path.with_name(op.path.name + ".idx")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            raise
         self._files[op.file_id] = file
-        self._write(file, op.head)
         # The folder entry must survive a power cut too.
         dir_fd = os.open(op.path.parent, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -46,7 +46,7 @@ def h264(width: int, height: int, count: int = 3, gop: int = 2) -> tuple[bytes, 
     encoder.options = {"preset": "ultrafast", "tune": "zerolatency", "bframes": "0", "g": str(gop)}
     packets = []
     for index in range(count):
-        frame = picture(width, height, index * 40)
+        frame = picture(width, height, index * 40 % 256)
         frame.pts = index
         packets += encoder.encode(frame)
     packets += encoder.encode(None)
@@ -76,7 +76,7 @@ def through_mp4(codec: str, width: int, height: int, count: int = 3) -> tuple[by
         else:
             stream.options = {"deadline": "realtime", "cpu-used": "8"}
         for index in range(count):
-            frame = picture(width, height, index * 40)
+            frame = picture(width, height, index * 40 % 256)
             frame.pts = index
             output.mux(stream.encode(frame))
         output.mux(stream.encode(None))
