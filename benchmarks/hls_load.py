@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -77,6 +78,11 @@ class HlsResult(TargetResult):
     ingest_lag_p99_ms: float | None = None
     ingest_lag_max_ms: float | None = None
     server_loop_lag_max_ms: float | None = None  # ours: the worst event-loop oversleep in the window
+    # Ours with --record: what the recorder wrote in the window, its gaps, and the writer's latency.
+    record_mbps: float | None = None
+    record_fragments: int | None = None
+    record_gaps: int | None = None
+    record_write_p99_ms: float | None = None
     requests_per_s: float = 0.0
     bytes_per_s: float = 0.0
     failures: int = 0  # failed requests from the first viewer's start to the window's end
@@ -254,6 +260,7 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
         requests0 = sum(v.requests for v in viewers)
         bytes0 = sum(v.bytes for v in viewers)
         window = WindowMeter(server, fleet)
+        recorded0 = await asyncio.to_thread(server.scrape) if args.record and target == "ours" else None
         window.open()
         meter.active = True
         await asyncio.sleep(args.duration)
@@ -264,6 +271,8 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
         meter.stopping = True  # what fails from here on is our own shutdown
 
         window.fill(result, k)
+        if recorded0 is not None:
+            _fill_recording(result, recorded0, await asyncio.to_thread(server.scrape), window.elapsed)
         result.requests_per_s = round((requests1 - requests0) / window.elapsed, 1)
         result.bytes_per_s = round((bytes1 - bytes0) / window.elapsed)
         result.out_mbps = window.mbps(bytes1 - bytes0)
@@ -315,6 +324,26 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
         server.stop()
 
 
+def _fill_recording(result: HlsResult, before: dict[str, float], after: dict[str, float], seconds: float) -> None:
+    def delta(name: str) -> float:
+        return sum(after.get(key, 0.0) - before.get(key, 0.0) for key in after if key.split("{")[0] == name)
+
+    result.record_mbps = round(delta("mediaserver_recording_written_bytes_total") * 8 / seconds / 1e6, 1)
+    result.record_fragments = int(delta("mediaserver_recording_fragments_total"))
+    result.record_gaps = int(delta("mediaserver_recording_gaps_total"))
+    # p99 from the histogram's buckets over the window (upper bound of the bucket that holds it).
+    buckets = sorted(
+        (float(key.split('le="')[1].split('"')[0]), after[key] - before.get(key, 0.0))
+        for key in after
+        if key.startswith("mediaserver_recording_write_seconds_bucket")
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    for bound, count in buckets:
+        if total and count >= 0.99 * total:
+            result.record_write_p99_ms = round(bound * 1000, 2)
+            break
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -339,6 +368,9 @@ COLUMNS: list[tuple[str, Callable[[HlsResult], str]]] = [
     ("stalled viewers", lambda r: str(r.viewers_stalled)),
     ("pubs up", lambda r: f"{r.publishers_connected_at_end}/{r.streams}"),
     ("HLS streams", lambda r: _num(r.hls_streams)),
+    ("rec Mbit/s", lambda r: _num(r.record_mbps, 1)),
+    ("rec gaps", lambda r: _num(r.record_gaps)),
+    ("rec write p99 ms", lambda r: _num(r.record_write_p99_ms, 2)),
     *LOADGEN_COLUMNS,
 ]
 
@@ -363,7 +395,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-gzip", dest="gzip", action="store_false", help="send Accept-Encoding: identity (default: aiohttp's gzip)"
     )
+    parser.add_argument(
+        "--record", action="store_true", help="ours: record every stream (recording.streams = live/*) and report it"
+    )
     args = parser.parse_args(argv)
+    if args.record:
+        # The server inherits this process's environment; the recorder writes into the run's temp dir.
+        os.environ["MEDIASERVER_RECORDING_STREAMS"] = "live/*"
     if args.streams < 1 or args.viewers < 0 or args.duration <= 0 or args.warmup < 0:
         parser.error("need --streams >= 1, --viewers >= 0, --duration > 0, --warmup >= 0")
     if args.viewers and args.mode == "ll" and args.target != "ours":
