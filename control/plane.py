@@ -9,19 +9,21 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select, update
 
 from control.api import audit as audit_api
 from control.api import auth as auth_api
 from control.api import cameras as cameras_api
 from control.api import openapi as openapi_api
+from control.api import recordings as recordings_api
 from control.api import snapshots as snapshots_api
 from control.api import streaming as streaming_api
 from control.api import system as system_api
 from control.api import tokens as tokens_api
 from control.api import users as users_api
-from control.api.authn import authenticate
-from control.api.base import ApiError, ApiRoute, Handler
+from control.api.authn import authenticate, bearer
+from control.api.base import ApiError, ApiRoute, Handler, QueryTokenAuth
 from control.audit import SYSTEM, Audit
 from control.authorizer import DatabaseAuthorizer
 from control.live import CameraLiveTracker
@@ -29,12 +31,13 @@ from control.middleware import cors, security_headers
 from control.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from control.rbac import Permission, Role
 from control.recording_index import CameraRecordPolicy, RecordingIndex
+from control.recording_tiers import CopyTarget, RecordingTiers
 from control.security import PasswordHasher, TokenService, load_or_create_secret
 from control.services import PRINCIPAL, SERVICES, RecorderControl, RecordingAccess, Services
 from control.store import Camera, Store, User
 from mediaserver.config import Config, ConfigError
 from mediaserver.hub import HubView
-from mediaserver.recording.storage import LocalTier
+from mediaserver.recording.storage import LocalTier, Tier
 from mediaserver.snapshot import Snapshotter
 
 log = logging.getLogger("control.plane")
@@ -49,6 +52,7 @@ def all_routes() -> list[ApiRoute]:
         users_api,
         cameras_api,
         snapshots_api,
+        recordings_api,
         streaming_api,
         tokens_api,
         audit_api,
@@ -58,9 +62,14 @@ def all_routes() -> list[ApiRoute]:
     return [route for module in tables for route in module.routes.routes]
 
 
-async def admit(request: web.Request, svc: Services, permission: Permission | None) -> None:
+async def admit(
+    request: web.Request, svc: Services, permission: Permission | None, query_token: QueryTokenAuth | None = None
+) -> None:
     """Authenticate the request, check the permission and the rate limit; raises ApiError (401/403/429)."""
-    who = await authenticate(request, svc)
+    if query_token is not None and bearer(request) is None and "token" in request.query:
+        who = await query_token(request, svc)
+    else:
+        who = await authenticate(request, svc)
     if permission is not None and not who.can(permission):
         raise ApiError(403, "forbidden", f"this needs the {permission.value} permission")
     subject = f"tok:{who.token_id}" if who.token_id is not None else f"user:{who.user_id}"
@@ -77,7 +86,7 @@ def guarded(route: ApiRoute, svc: Services) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
             if route.authenticated:
-                await admit(request, svc, route.permission)
+                await admit(request, svc, route.permission, route.query_token)
             return await route.handler(request)
         except ApiError as exc:
             return exc.response()
@@ -101,7 +110,13 @@ class ApiStatsGate:
 
 
 class ControlPlane:
-    def __init__(self, config: Config, hub: HubView, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hub: HubView,
+        environ: Mapping[str, str] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.config = config
         self.hub = hub
         self._environ = os.environ if environ is None else environ
@@ -124,7 +139,17 @@ class ControlPlane:
         # Camera snapshots: decoded from the hub's cached keyframes on request, in worker threads.
         self.snapshots = Snapshotter.from_config(config.snapshot, hub)
         # Recordings are read through tiers; the hot one is where the recorder writes.
-        self.recordings = RecordingAccess({"hot": LocalTier("hot", Path(config.recording_root()))})
+        hot = LocalTier("hot", Path(config.recording_root()))
+        warm = LocalTier("warm", Path(config.recording.warm_root)) if config.recording.warm_root else None
+        cold: CopyTarget | None = None
+        if config.recording.s3_bucket:
+            from mediaserver.recording import s3  # aioboto3 is imported only when a cold tier is configured
+
+            cold = s3.from_config(config.recording)
+        tiers: tuple[Tier | None, ...] = (hot, warm, cold)
+        self.recordings = RecordingAccess({tier.name: tier for tier in tiers if tier is not None})
+        # Moves down the tiers by age and free space, and retention (one pass every recording.tier_interval).
+        self.recording_tiers = RecordingTiers(self.store, self.audit, config.recording, hot, warm, cold, registry)
         self.services = Services(
             config,
             self.store,
@@ -179,6 +204,7 @@ class ControlPlane:
             # Before anything records: the index follows the disk (a crash may have cut files short).
             await self.recording_index.reconcile()
         self.recording_index.start()
+        await self.recording_tiers.start()
         log.info(
             "event=control_plane_started database=%s publish_mode=%s",
             self.store.safe_url,
@@ -211,5 +237,6 @@ class ControlPlane:
         self.snapshots.close()
         await self.live.stop()
         await self.recording_index.stop()
+        await self.recording_tiers.stop()
         await self.limiter.close()
         await self.store.close()

@@ -1,4 +1,4 @@
-"""Password hashing (argon2id), JWT access and play tokens, opaque secrets."""
+"""Password hashing (argon2id), JWT access, play and media tokens, opaque secrets."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ log = logging.getLogger("control.security")
 
 ACCESS_AUDIENCE = "mediaserver-api"
 PLAY_AUDIENCE = "mediaserver-play"
+MEDIA_AUDIENCE = "mediaserver-media"
 API_TOKEN_PREFIX = "msk_"
 
 
@@ -85,6 +86,14 @@ class PasswordHasher:
 
 class TokenError(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class MediaGrant:
+    """What a media token allows: reading one recording's bytes, on behalf of one user."""
+
+    recording_id: int
+    user_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,3 +234,24 @@ class TokenService:
     def play_camera(self, token: str) -> str:
         """The camera a play token is good for."""
         return str(self._decode(token, PLAY_AUDIENCE, ["cam"])["cam"])
+
+    def issue_media(self, recording_id: int, user_id: int, ttl: int | None = None) -> tuple[str, int]:
+        """A token for one recording's bytes, for URLs in playback playlists (players send no bearer header)."""
+        now = int(time.time())
+        expires = now + (ttl or self.play_ttl)
+        claims = {
+            "iss": self.issuer,
+            "aud": MEDIA_AUDIENCE,
+            "rec": recording_id,
+            "sub": str(user_id),
+            "iat": now,
+            "exp": expires,
+        }
+        return self._encode(claims), expires
+
+    def media_grant(self, token: str) -> MediaGrant:
+        claims = self._decode(token, MEDIA_AUDIENCE, ["rec", "sub"])
+        try:
+            return MediaGrant(int(claims["rec"]), int(claims["sub"]))
+        except (TypeError, ValueError) as exc:
+            raise TokenError("invalid_token") from exc

@@ -49,7 +49,7 @@ class MediaServer:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.metrics.registry.register(collector)
         # The control plane (store, REST API, database authorizer) unless api.enabled = false.
-        self.control = ControlPlane(config, self.hub) if config.api.enabled else None
+        self.control = ControlPlane(config, self.hub, registry=self.metrics.registry) if config.api.enabled else None
         self.authorizer = authorizer or make_authorizer(config, self.control)
         self.rtmp_context = RtmpContext(config.rtmp, self.hub, self.authorizer, self.metrics)
         # One play-authorization path for HLS and WHEP (RTMP play asks the same authorizer).

@@ -210,6 +210,31 @@ class RecordingConfig:
     sync_interval: float = 1.0
     # How often the index hears an open file's new end.
     progress_interval: float = 5.0
+    # Longest time range (seconds) one coverage, playback or export request may ask for.
+    max_query_range: float = 86400.0
+    # Storage tiers. warm: a second local folder (empty: no warm tier). Closed recordings move down after
+    # these ages (copy, verify the SHA-256 of the copy, switch the index, then delete the source).
+    warm_root: str = ""
+    warm_after_days: float = 7.0
+    cold_after_days: float = 30.0
+    # cold: S3-compatible object storage, on when s3_bucket is set (empty endpoint: AWS's own).
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_region: str = ""
+    # Empty keys: the AWS credential chain (environment, instance or pod role). Never logged.
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    # Files larger than this go up in parts of this size (S3 allows 5 MiB .. 5 GiB).
+    s3_part_size: int = 16 * 1024 * 1024
+    # Retention per camera, over all tiers, oldest first: days kept (0: forever), bytes kept (0: no limit).
+    retention_days: float = 90.0
+    max_bytes_per_camera: int = 0
+    # A local tier with less free space than this moves its oldest recordings down first; it deletes them only
+    # when there is no lower tier or the move fails (0: no watermark).
+    min_free_percent: float = 10.0
+    # Seconds between two passes of moves and retention.
+    tier_interval: float = 300.0
 
 
 @dataclass(slots=True)
@@ -235,6 +260,9 @@ class Config:
     def validate(self) -> None:
         if self.recording.file_duration < 1 or self.recording.max_buffer_bytes < 1024 * 1024:
             raise ConfigError("recording.file_duration must be >= 1 s and max_buffer_bytes >= 1 MiB")
+        if self.recording.max_query_range <= 0:
+            raise ConfigError("recording.max_query_range must be positive")
+        self._validate_tiers()
         if self.auth.publish_mode not in ("open", "static", "database"):
             raise ConfigError(
                 f"auth.publish_mode must be 'open', 'static' or 'database', not {self.auth.publish_mode!r}"
@@ -275,6 +303,24 @@ class Config:
                 raise ConfigError(f"webrtc.ice_servers: {url!r} is not a stun:, turn: or turns: URL")
         if bool(self.rtmps.cert_file) != bool(self.rtmps.key_file):
             raise ConfigError("rtmps.cert_file and rtmps.key_file must be set together")
+
+    def _validate_tiers(self) -> None:
+        rec = self.recording
+        ages = (rec.warm_after_days, rec.cold_after_days, rec.retention_days, rec.min_free_percent)
+        if min(ages) < 0 or rec.max_bytes_per_camera < 0:
+            raise ConfigError("recording ages, retention, min_free_percent and max_bytes_per_camera must be >= 0")
+        if rec.warm_root and rec.s3_bucket and rec.cold_after_days <= rec.warm_after_days:
+            raise ConfigError("recording.cold_after_days must be greater than warm_after_days")
+        if rec.s3_endpoint and not rec.s3_bucket:
+            raise ConfigError("recording.s3_bucket is needed when s3_endpoint is set")
+        if not 5 * 1024 * 1024 <= rec.s3_part_size <= 5 * 1024**3:
+            raise ConfigError("recording.s3_part_size must be within 5 MiB .. 5 GiB")
+        if rec.tier_interval <= 0 or rec.min_free_percent >= 100:
+            raise ConfigError("recording.tier_interval must be positive and min_free_percent below 100")
+        if rec.warm_root:
+            hot, warm = Path(self.recording_root()).resolve(), Path(rec.warm_root).resolve()
+            if hot == warm or hot in warm.parents or warm in hot.parents:
+                raise ConfigError("recording.warm_root must be a folder of its own, apart from the hot root")
 
 
 def _convert(value: Any, kind: Any, where: str) -> Any:

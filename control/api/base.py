@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -13,10 +13,15 @@ from pydantic import BaseModel, ValidationError
 from control.rbac import Permission
 from mediaserver.http.errors import error_response
 
+if TYPE_CHECKING:
+    from control.services import Principal, Services
+
 API_PREFIX = "/api/v1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 CAMERA_ID = re.compile(r"^[0-9a-f]{32}$")
+# Checks a signed `?token=` in place of a bearer token (media URLs for players that cannot send headers).
+QueryTokenAuth = Callable[[web.Request, "Services"], Awaitable["Principal"]]
 
 
 class ApiError(Exception):
@@ -61,6 +66,11 @@ class ApiRoute:
     response: type[BaseModel] | None = None
     status: int = 200
     errors: tuple[int, ...] = ()
+    # A success answer that is not JSON (a picture, a playlist, a video): its content type.
+    media_type: str | None = None
+    # Answers Range requests (206, 416).
+    ranges: bool = False
+    query_token: QueryTokenAuth | None = None
 
     @property
     def full_path(self) -> str:
@@ -87,6 +97,9 @@ class RouteTable:
         response: type[BaseModel] | None = None,
         status: int = 200,
         errors: tuple[int, ...] = (),
+        media_type: str | None = None,
+        ranges: bool = False,
+        query_token: QueryTokenAuth | None = None,
     ) -> Callable[[Handler], Handler]:
         if authenticated is False and permission is not None:
             raise ValueError("a public route cannot require a permission")
@@ -108,6 +121,9 @@ class RouteTable:
                     response,
                     status,
                     errors,
+                    media_type,
+                    ranges,
+                    query_token,
                 )
             )
             return handler

@@ -24,6 +24,7 @@ COMMON_ERRORS = {
     409: "Conflicts with the current state",
     413: "Body too large",
     415: "Unsupported content type",
+    416: "Range not satisfiable",
     422: "Validation failed",
     429: "Rate limited",
 }
@@ -31,7 +32,10 @@ PATH_PARAMS = {
     "camera_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     "user_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
     "token_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+    "recording_id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
 }
+# Routes that take a media token in the query (`?token=`) as well as a bearer token.
+MEDIA_TOKEN = {"type": "apiKey", "in": "query", "name": "token"}
 
 
 class _Schemas:
@@ -71,7 +75,9 @@ def _operation(route: ApiRoute, schemas: _Schemas) -> dict[str, Any]:
         "summary": route.summary,
         "tags": [route.tag],
         "x-permission": route.permission.value if route.permission else None,
-        "security": [{"bearerAuth": []}] if route.authenticated else [],
+        "security": ([{"bearerAuth": []}] + ([{"mediaToken": []}] if route.query_token else []))
+        if route.authenticated
+        else [],
     }
     parameters: list[dict[str, Any]] = []
     for name in re.findall(r"{(\w+)}", route.path):
@@ -94,7 +100,16 @@ def _operation(route: ApiRoute, schemas: _Schemas) -> dict[str, Any]:
             "content": {media: {"schema": schemas.add(route.body, "validation")}},
         }
     responses: dict[str, Any] = {}
-    if route.status == 204 or route.response is None:
+    if route.media_type is not None:
+        content = {route.media_type: {"schema": {"type": "string", "contentMediaType": route.media_type}}}
+        responses[str(route.status)] = {"description": "OK", "content": content}
+        if route.ranges:
+            responses["206"] = {
+                "description": "The byte range asked for (Range: bytes=first-last)",
+                "headers": {"Content-Range": {"schema": {"type": "string"}, "description": "bytes first-last/size"}},
+                "content": content,
+            }
+    elif route.status == 204 or route.response is None:
         responses[str(route.status)] = {"description": "Done"}
     else:
         responses[str(route.status)] = {
@@ -108,6 +123,8 @@ def _operation(route: ApiRoute, schemas: _Schemas) -> dict[str, Any]:
         codes |= {400, 413, 415, 422}
     if route.query is not None:
         codes |= {422}
+    if route.ranges:
+        codes |= {416}
     error_ref = schemas.add(ErrorBody, "serialization")
     for code in sorted(codes):
         responses[str(code)] = {
@@ -139,7 +156,10 @@ def build_openapi(table: Sequence[ApiRoute], server_url: str = "/") -> dict[str,
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.components.items())),
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                **({"mediaToken": MEDIA_TOKEN} if any(r.query_token for r in table) else {}),
+            },
         },
     }
 

@@ -115,20 +115,28 @@ def read_header(path: Path) -> dict[str, Any]:
     raise RecordingFormatError("no recording header")
 
 
-def read_index(path: Path) -> list[IndexEntry]:
-    """The entries of an index file; a torn last line (a crash mid-write) is ignored."""
+def parse_index(text: str) -> list[IndexEntry]:
+    """The entries of an index file's text. A torn last line (a crash mid-write) ends the list; entries that
+    cover no bytes or no time, or that run backwards in the file, are dropped."""
     entries: list[IndexEntry] = []
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return entries
+    end_of_previous = 0
     for line in text.splitlines(keepends=True):
         fields = line.split()
-        if not line.endswith("\n") or len(fields) != 5 or not all(f.lstrip("-").isdigit() for f in fields):
+        if not line.endswith("\n") or len(fields) != 5 or not all(f.isdigit() for f in fields):
             break
         offset, size, start, duration, wallclock = (int(f) for f in fields)
+        if size <= 0 or duration <= 0 or offset < end_of_previous or (not entries and offset == 0):
+            continue
         entries.append(IndexEntry(offset, size, start, duration, wallclock))
+        end_of_previous = offset + size
     return entries
+
+
+def read_index(path: Path) -> list[IndexEntry]:
+    try:
+        return parse_index(path.read_text())
+    except FileNotFoundError:
+        return []
 
 
 # ----- reading what the segmenter wrote (for index repair) ---------------------------------------------------

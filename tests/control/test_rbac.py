@@ -73,6 +73,7 @@ async def test_every_route_for_every_role(api: Api) -> None:
                 "camera_id": camera["id"],
                 "user_id": str(victims[checked % len(victims)]),
                 "token_id": str(token_body["id"]),
+                "recording_id": "1",
             }
             path = re.sub(r"{(\w+)}", lambda m, v=values: v[m.group(1)], route.path)  # type: ignore[misc]
             kwargs: dict[str, object] = {}

@@ -142,6 +142,7 @@ async def test_every_route_for_every_caller(assembled: Assembled) -> None:
                 "camera_id": camera["id"],
                 "user_id": str(victim),
                 "token_id": str(made["id"]),
+                "recording_id": "1",
                 "file": "index.m3u8",
                 "session": "0" * 24,
             }
