@@ -1,27 +1,24 @@
 """Camera status follows its stream: online when it publishes, offline when it stops.
 
-The hub calls listeners synchronously; events go through a queue to one worker so the
+The hub calls listeners synchronously; events go through an `OrderedWorker` so the
 database sees them in order. The worker also refreshes last_seen and bitrate of live cameras.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from sqlalchemy import select, update
 
 from control.api.base import CAMERA_ID
 from control.audit import SYSTEM, Audit
+from control.ordered import OrderedWorker
 from control.store import Camera, Store
 from control.store.types import utcnow
 from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.hub import HubView
 
 log = logging.getLogger("control.live")
-
-_STOP = object()
 
 
 class CameraLiveTracker:
@@ -31,60 +28,33 @@ class CameraLiveTracker:
         self._hub = hub
         self._app = app
         self._interval = refresh_interval
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._worker: OrderedWorker[tuple[StreamEventKind, str, str, int]] = OrderedWorker(
+            self._apply_event, "camera_status", every=refresh_interval, on_quiet=self._refresh
+        )
         self._attached = False
 
     def start(self) -> None:
         if not self._attached:
             self._hub.listen(self.on_hub_event)
             self._attached = True
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._worker.start()
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._queue.put_nowait(_STOP)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=5)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
+        await self._worker.stop(timeout=5)
 
     def on_hub_event(self, event: StreamEvent) -> None:
         stream = event.stream
         if stream.app != self._app or not CAMERA_ID.match(stream.name):
             return
         if event.kind in (StreamEventKind.STARTED, StreamEventKind.STOPPED):
-            self._queue.put_nowait((event.kind, stream.name, stream.publisher.peer, int(stream.bitrate)))
+            self._worker.put((event.kind, stream.name, stream.publisher.peer, int(stream.bitrate)))
 
     async def idle(self) -> None:
         """Wait until every queued event is in the database (tests)."""
-        while not self._queue.empty():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0)
+        await self._worker.drained()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                item = await asyncio.wait_for(self._queue.get(), timeout=self._interval)
-            except TimeoutError:
-                await self._guard(self._refresh())
-                continue
-            if item is _STOP:
-                return
-            assert isinstance(item, tuple)
-            await self._guard(self._apply(*item))
-
-    async def _guard(self, work: object) -> None:
-        try:
-            assert asyncio.iscoroutine(work)
-            await work
-        except Exception:
-            log.exception("event=camera_status_update_failed")
+    async def _apply_event(self, item: tuple[StreamEventKind, str, str, int]) -> None:
+        await self._apply(*item)
 
     async def _apply(self, event: StreamEventKind, camera_id: str, peer: str, bitrate: int) -> None:
         online = event is StreamEventKind.STARTED

@@ -9,7 +9,6 @@ closed, rows whose file is gone are removed, so that the index matches the disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,13 +17,12 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 
 from control.api.base import CAMERA_ID
+from control.ordered import OrderedWorker
 from control.store import Camera, Recording, Store
 from mediaserver.recording import repair
 from mediaserver.recording.recorder import RecordingFile
 
 log = logging.getLogger("control.recordings")
-
-_STOP = object()
 
 
 def _utc(epoch: float) -> datetime:
@@ -58,8 +56,7 @@ class RecordingIndex:
         self._store = store
         self._root = root
         self._app = app
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._worker: OrderedWorker[tuple[str, RecordingFile]] = OrderedWorker(self._apply_change, "recording_index")
         # Relative path -> row id of the files this process opened.
         self._rows: dict[str, int] = {}
         self.alerts: list[tuple[str, str, str]] = []
@@ -73,15 +70,15 @@ class RecordingIndex:
 
     def opened(self, file: RecordingFile) -> None:
         if self._camera_of(file) is not None:
-            self._queue.put_nowait(("opened", replace(file)))
+            self._worker.put(("opened", replace(file)))
 
     def progressed(self, file: RecordingFile) -> None:
         if self._camera_of(file) is not None:
-            self._queue.put_nowait(("progressed", replace(file)))
+            self._worker.put(("progressed", replace(file)))
 
     def closed(self, file: RecordingFile) -> None:
         if self._camera_of(file) is not None:
-            self._queue.put_nowait(("closed", replace(file)))
+            self._worker.put(("closed", replace(file)))
 
     def alert(self, app: str, name: str, reason: str, detail: str) -> None:
         log.warning("event=recording_alert stream=%s/%s reason=%s detail=%s", app, name, reason, detail)
@@ -90,38 +87,17 @@ class RecordingIndex:
     # ----- worker --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._worker.start()
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._queue.put_nowait(_STOP)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
+        await self._worker.stop()
 
     async def idle(self) -> None:
         """Wait until every queued change is in the database (tests)."""
-        while not self._queue.empty():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
+        await self._worker.drained()
 
-    async def _run(self) -> None:
-        while True:
-            item = await self._queue.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, tuple)
-            kind, file = item
-            try:
-                await self._apply(kind, file)
-            except Exception:
-                log.exception("event=recording_index_failed change=%s path=%s", kind, file.path)
+    async def _apply_change(self, item: tuple[str, RecordingFile]) -> None:
+        await self._apply(*item)
 
     async def _apply(self, kind: str, file: RecordingFile) -> None:
         camera_id = self._camera_of(file)

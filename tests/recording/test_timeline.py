@@ -8,7 +8,7 @@ import time
 import pytest
 
 from control.api.base import ApiError
-from control.api.recordings import RangeNotSatisfiable, byte_range, parse_time
+from control.api.recording_support import RangeNotSatisfiable, byte_range, parse_time
 from mediaserver.recording import fileformat, playlist, timeline
 from mediaserver.recording.fileformat import IndexEntry
 
