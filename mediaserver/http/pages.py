@@ -4,6 +4,7 @@ player) and the files under `web/` at `/static/`."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,9 +26,14 @@ PAGE_CSP = (
 
 
 def default_web_dir() -> Path:
-    """`web/` next to the packages (a source checkout), else `web/` in the working directory (the image)."""
-    beside = Path(__file__).resolve().parent.parent / "web"
-    return beside if beside.is_dir() else Path.cwd() / "web"
+    """`web/` next to the packages (a source checkout), else the copy a wheel installed under
+    `<prefix>/share/mediaserver/web`, else `web/` in the working directory."""
+    beside = Path(__file__).resolve().parent.parent.parent / "web"
+    installed = Path(sys.prefix) / "share" / "mediaserver" / "web"
+    for candidate in (beside, installed):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return Path.cwd() / "web"
 
 
 def _page(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -7,14 +7,13 @@ format that decodes High profile, not with aiortc's Constrained Baseline.
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any
 
-import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.conftest import ServerProcess, ffmpeg_publish, wait_for_stream
+from tests.e2e.test_browser_hls import chromium_path
 from tests.webrtc.helpers import sessions
 
 CHROMIUM_ARGS = [
@@ -32,9 +31,7 @@ CHROMIUM_ARGS = [
 
 def test_chromium_plays_a_high_profile_stream(webrtc_server: ServerProcess) -> None:
     server = webrtc_server
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed: Debian's `chromium` package is needed (.ci/run installs it)")
+    chromium = chromium_path()
     # ffmpeg's libx264 default profile for yuv420p is High (the fixture adds zerolatency: no B-frames).
     publisher = ffmpeg_publish(server.rtmp_url("live/x"), 30, size="640x360", rate=25, gop=25)
     try:
