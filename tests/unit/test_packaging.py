@@ -20,7 +20,9 @@ def test_an_installed_wheel_serves_the_pages_from_any_folder(tmp_path: Path) -> 
     )
     [wheel] = wheels.glob("mediaserver-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    # A venv with its own pip: installing with this environment's pip (even with --prefix) would uninstall
+    # the project from this environment first.
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=180)
     python = venv / "bin" / "python"
     site = Path(
         subprocess.run(
@@ -31,7 +33,7 @@ def test_an_installed_wheel_serves_the_pages_from_any_folder(tmp_path: Path) -> 
         ).stdout.strip()
     )
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(venv), str(wheel)],
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True,
         capture_output=True,
         timeout=300,
