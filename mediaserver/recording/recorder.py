@@ -117,8 +117,6 @@ class _OpenFile:
     segment: list[int] = field(default_factory=list)
     end: int = 0
     last_progress: float = field(default_factory=time.monotonic)
-    # Bytes the writer has confirmed so far (the written-bytes counter moves by the difference).
-    confirmed: int = 0
 
     def wallclock_ms(self, media_ms: int) -> int:
         return round(self.info.started_at * 1000) + media_ms - self.start_ms
@@ -167,7 +165,7 @@ class Recorder:
         self.file_duration = file_duration
         self.progress_interval = progress_interval
         self.default_app = default_app
-        self.writer = RecordingWriter(max_buffer_bytes, sync_interval)
+        self.writer = RecordingWriter(max_buffer_bytes, sync_interval, self._written)
         self.streams: dict[str, _StreamState] = {}
         self._files: dict[int, _OpenFile] = {}
         self._next_file_id = 1
@@ -369,14 +367,14 @@ class Recorder:
             "event=recording_closing stream=%s/%s path=%s reason=%s", state.app, state.name, file.info.path, reason
         )
 
+    def _written(self, size: int, seconds: float) -> None:
+        """Writer thread: one fragment is on its way to the disk."""
+        self.bytes_written.inc(size)
+        self.write_seconds.observe(seconds)
+
     def _on_write_result(self, result: WriteResult) -> None:
         file = self._files.get(result.file_id)
         if file is None:
-            return
-        self.bytes_written.inc(max(result.size - file.confirmed, 0))
-        file.confirmed = max(file.confirmed, result.size)
-        if result.kind == "written":
-            self.write_seconds.observe(result.seconds)
             return
         info = file.info
         del self._files[result.file_id]

@@ -53,7 +53,7 @@ class WriteResult:
     """What the thread reports back (on the event loop) for a file."""
 
     file_id: int
-    kind: str  # "written", "closed", "failed"
+    kind: str  # "closed", "failed"
     size: int = 0
     seconds: float = 0.0
     checksum: str = ""
@@ -79,7 +79,12 @@ def failure_reason(exc: OSError) -> str:
 
 
 class RecordingWriter:
-    def __init__(self, max_buffer_bytes: int, sync_interval: float) -> None:
+    def __init__(
+        self,
+        max_buffer_bytes: int,
+        sync_interval: float,
+        on_written: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.max_buffer_bytes = max_buffer_bytes
         self.sync_interval = sync_interval
         self.buffered = 0
@@ -89,6 +94,9 @@ class RecordingWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_result: Callable[[WriteResult], None] | None = None
+        # Called in the writer thread after each write with (bytes, seconds): metrics are thread-safe, and a
+        # hop to the event loop per fragment would cost more than the write itself.
+        self._on_written = on_written
 
     def start(self, on_result: Callable[[WriteResult], None]) -> None:
         self._loop = asyncio.get_running_loop()
@@ -170,6 +178,8 @@ class RecordingWriter:
                     leftover.unlink()
             raise
         self._files[op.file_id] = file
+        if self._on_written is not None:
+            self._on_written(len(op.head), 0.0)
         # The folder entry must survive a power cut too.
         dir_fd = os.open(op.path.parent, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -197,7 +207,8 @@ class RecordingWriter:
             os.fdatasync(file.fd)
             os.fdatasync(file.index_fd)
             file.synced_at = now
-        self._report(WriteResult(op.file_id, "written", file.size, time.monotonic() - started))
+        if self._on_written is not None:
+            self._on_written(len(op.data), time.monotonic() - started)
 
     def _close(self, op: Close) -> None:
         file = self._files.pop(op.file_id, None)
