@@ -17,6 +17,19 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def normal_scheduling() -> Iterator[None]:
+    """Put the test process back on normal scheduling after every test.
+
+    libSvtAv1Enc (PyAV's AV1 encoder, used by tests that make AV1 media) switches threads to SCHED_FIFO 99 when
+    it may, as root; processes started afterwards (servers, ffmpeg, Chromium) inherit it, and a spinning
+    real-time Chromium once froze the whole machine. `.ci/run` takes CAP_SYS_NICE away from the whole run; this
+    is the guard for a plain `pytest` as root."""
+    yield
+    if hasattr(os, "sched_setscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -42,22 +42,22 @@ MAX_LATENCY = 6.0
 
 
 def chromium_path() -> str:
-    """Debian's Chromium; as root, behind a wrapper that takes away CAP_SYS_NICE.
+    """Debian's Chromium; as root, behind a wrapper: normal scheduling, and no CAP_SYS_NICE to leave it.
 
-    Chromium run as root raises some of its threads to real-time priority (nice -8 and SCHED_RR); one of those
-    spinning starved this 2-core machine so badly that even SIGKILL could not land. Without the capability it
-    keeps normal priorities, as it does for any other user."""
+    A real-time Chromium (inherited SCHED_FIFO, see `normal_scheduling` in tests/conftest.py; as root it also
+    raises threads itself) spinning starved this 2-core machine so badly that even SIGKILL could not land."""
     path = shutil.which("chromium")
     if path is None:
         pytest.fail("chromium is not installed: Debian's `chromium` package is needed (.ci/run installs it)")
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         return path
-    wrapper = Path(tempfile.gettempdir()) / f"chromium-no-rt-{os.getpid()}.sh"
+    wrapper = Path(tempfile.gettempdir()) / f"chromium-normal-{os.getpid()}.sh"
     if not wrapper.exists():
         wrapper.write_text(
             "#!/bin/sh\n"
-            f'exec {setpriv} --inh-caps=-sys_nice --ambient-caps=-sys_nice --bounding-set=-sys_nice -- {path} "$@"\n'
+            f"exec {setpriv} --inh-caps=-sys_nice --ambient-caps=-sys_nice --bounding-set=-sys_nice -- "
+            f'chrt --other 0 {path} "$@"\n'
         )
         wrapper.chmod(0o755)
     return str(wrapper)
