@@ -18,6 +18,7 @@ from control.audit import Actor, Audit
 from control.security import TokenError, TokenService
 from control.store import Camera, Store
 from mediaserver.auth import AuthResult, Denied, StreamGrant, redact
+from mediaserver.http.access import WANTS_CREDENTIAL
 
 log = logging.getLogger("control.authorizer")
 
@@ -122,7 +123,9 @@ class DatabaseAuthorizer:
                     return Denied("bad_play_token")
             except TokenError as exc:
                 return Denied(str(exc))
-            # A fresh token each time: an HLS viewer's cookie is renewed by every playlist reload.
+            if WANTS_CREDENTIAL not in params:
+                return StreamGrant(app, camera.id, camera_id=camera.id)
+            # A fresh token for each playlist reload renews the HLS viewer's cookie; parts and segments mint none.
             fresh, _ = self._tokens.issue_play(camera.id)
             return StreamGrant(
                 app, camera.id, camera_id=camera.id, credential=fresh, credential_ttl=self._tokens.play_ttl

@@ -127,9 +127,11 @@ class HlsService:
             web.options("/hls/{app}/{name}/{file}", self.handle_options),
         ]
 
-    async def _authorized(self, request: web.Request) -> tuple[StreamGrant, HlsStream | None] | web.Response:
+    async def _authorized(
+        self, request: web.Request, credential: bool = False
+    ) -> tuple[StreamGrant, HlsStream | None] | web.Response:
         """The grant for this request and the stream it names, or the refusal to send."""
-        grant = await self.play_access.check(request, "hls")
+        grant = await self.play_access.check(request, "hls", credential)
         if isinstance(grant, Denied):
             return self._error(403, "forbidden", f"playback refused: {grant.reason}")
         return grant, self.streams.get(f"{grant.app}/{grant.name}")
@@ -153,7 +155,7 @@ class HlsService:
         )
 
     async def handle_playlist(self, request: web.Request) -> web.Response:
-        authorized = await self._authorized(request)
+        authorized = await self._authorized(request, credential=True)
         if isinstance(authorized, web.Response):
             return authorized
         grant, stream = authorized

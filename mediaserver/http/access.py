@@ -22,6 +22,9 @@ from mediaserver.auth import Authorizer, Denied, StreamGrant
 log = logging.getLogger("mediaserver.http.access")
 
 PLAY_COOKIE = "ms_play"
+# Set in the params of a play check whose answer will hand a credential back (an HLS playlist): only then
+# does an authorizer need to mint one. Segment and part requests, many a second per viewer, do not ask.
+WANTS_CREDENTIAL = "_credential"
 # The permission name the gated stats routes need (the control plane's matrix knows it).
 SYSTEM_READ = "system:read"
 
@@ -65,9 +68,13 @@ class PlayAccess:
             "mediaserver_play_denied", "Play requests refused by the authorizer", ["protocol"], registry=registry
         )
 
-    async def check(self, request: web.Request, protocol: str) -> StreamGrant | Denied:
+    async def check(self, request: web.Request, protocol: str, credential: bool = False) -> StreamGrant | Denied:
+        """The authorizer's answer; `credential` asks for a credential to hand back (see WANTS_CREDENTIAL)."""
         app, name = request.match_info["app"], request.match_info["name"]
-        result = await self.authorizer.authorize_play(app, name, credentials(request), request.remote or "")
+        params = credentials(request)
+        if credential:
+            params[WANTS_CREDENTIAL] = "1"
+        result = await self.authorizer.authorize_play(app, name, params, request.remote or "")
         if isinstance(result, Denied):
             self.denied.labels(protocol).inc()
             log.info(
