@@ -53,8 +53,8 @@ from control.rbac import Permission
 from control.services import Services, actor, principal, services
 from control.store import Recording
 from mediaserver.recording import layout, playlist, timeline
-from mediaserver.recording.export import ExportError, Source, export_mp4
-from mediaserver.recording.storage import READ_CHUNK, TierError
+from mediaserver.recording.export import ExportError, Source, plan_export
+from mediaserver.recording.storage import TierError
 
 log = logging.getLogger("control.recordings")
 
@@ -288,27 +288,32 @@ async def export_recording(request: web.Request) -> web.StreamResponse:
     try:
         workdir = await asyncio.to_thread(_export_dir, svc)
         try:
-            out, seconds = await export_mp4(sources, workdir)
+            plan = await plan_export(sources, workdir)
         except ExportError as exc:
             status = 409 if exc.code == "codec_changed" else 503
             raise ApiError(status, exc.code, exc.message) from exc
         except (TierError, layout.LayoutError) as exc:
             raise unavailable("a recording in the range cannot be read right now") from exc
-        size = (await asyncio.to_thread(out.stat)).st_size
         name = f"{camera_id}-{layout.start_stamp(chosen[0].start)}.mp4"
         response = web.StreamResponse(headers=API_HEADERS)
         response.headers["Content-Type"] = MP4
         response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
-        response.content_length = size
-        with await asyncio.to_thread(out.open, "rb") as handle:
-            try:
-                await response.prepare(request)
-                while chunk := await asyncio.to_thread(handle.read, READ_CHUNK):
-                    await response.write(chunk)
-                await response.write_eof()
-            except ConnectionError:
-                log.info("event=recording_export_cut camera=%s seconds=%.1f", camera_id, seconds)
-                response.force_close()
+        response.content_length = plan.size
+        try:
+            await response.prepare(request)
+            await response.write(plan.header)
+            async for data in plan.body():
+                await response.write(data)
+            await response.write_eof()
+        except ConnectionError:
+            log.info("event=recording_export_cut camera=%s seconds=%.1f", camera_id, plan.duration)
+            response.force_close()
+        except ExportError as exc:
+            # The answer has begun: all that is left is to cut it short, so the client sees it incomplete.
+            log.warning("event=recording_export_failed camera=%s code=%s detail=%s", camera_id, exc.code, exc.message)
+            response.force_close()
+        finally:
+            plan.close()
         return response
     finally:
         _exports -= 1

@@ -1,10 +1,15 @@
-"""Export: the segments a time range covers, from one or more files, as one progressive MP4 (`moov` first).
+"""Export: the segments a time range covers, from one or more files, as one progressive MP4 streamed while
+it is built.
 
-No re-encoding: each file's part (its init and header bytes, then the chosen segments) is fetched through its
-tier into a temporary fMP4 that plays alone, then PyAV demuxes it and muxes the packets into the output, one
-file after the other on one timeline (a gap between files is closed up, as the HLS playlist does). Fetching
-runs on the event loop (tiers are async); muxing runs in one worker thread of its own, a file behind, so
-neither waits long for the other and at most a few parts sit on the disk at once.
+Two passes, no re-encoding and no temporary copy of local files. The plan reads each file's init segment and
+the `moof` of every chosen fragment (a few kilobytes per second of video) and lays out the output with
+`formats.progressive`: its `ftyp` + `moov` (so it plays and seeks in any player) and the list of byte ranges
+its `mdat` is made of. The body then copies those ranges from the files, a megabyte at a time with the next
+read already under way, so the answer starts as soon as the plan is made and its length is exact.
+
+Local tiers are read in place, through descriptors opened by the plan: a tier move that deletes the hot copy
+in the meantime does not cut the export. Other tiers (S3) are first fetched, the file's head and chosen
+segments only, into the export's scratch folder.
 """
 
 from __future__ import annotations
@@ -12,24 +17,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
-from collections.abc import Sequence
+import os
+import struct
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
-import av
-
-from mediaserver.recording.storage import Tier
+from mediaserver.formats.fmp4_read import MAX_HEADER_BOX, Fmp4ReadError, parse_init, parse_moof
+from mediaserver.formats.progressive import Chunk, Progressive, ProgressiveError, ProgressiveLayout, TracksChanged
+from mediaserver.recording.storage import LocalTier, Tier, TierError
 from mediaserver.recording.timeline import Selection, byte_runs
 
 log = logging.getLogger("mediaserver.recording.export")
 
-# Parts fetched ahead of the muxer (each is one file's share of the range).
-PARTS_AHEAD = 2
-_FINISH = object()
-_ABORT = object()
+# One read while scanning: a box header and, nearly always, the whole moof after it.
+SCAN_READ = 16 * 1024
+# One read of media while streaming; neighbouring chunks closer than MERGE_GAP (the moof between two
+# fragments' data) are read together.
+BODY_READ = 1 << 20
+MERGE_GAP = 64 * 1024
+_BOX = struct.Struct(">I4s")
 
 
 class ExportError(Exception):
@@ -50,6 +57,16 @@ class Source:
     selection: Selection
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One read of the body: [start, end) of source `source`, and the (offset, size) slices of it to send."""
+
+    source: int
+    start: int
+    end: int
+    slices: tuple[tuple[int, int], ...]
+
+
 async def fetch(source: Source, dest: Path) -> None:
     """Write the file's head and chosen segments to `dest`: an fMP4 that plays on its own."""
     handle = await asyncio.to_thread(dest.open, "wb")
@@ -65,126 +82,175 @@ async def fetch(source: Source, dest: Path) -> None:
         await asyncio.to_thread(handle.close)
 
 
-def _signature(stream: Any) -> tuple[Any, ...]:
-    """What must not change between files for their packets to share one output stream."""
-    ctx = stream.codec_context
-    extradata = bytes(ctx.extradata or b"")
-    if stream.type == "video":
-        return ("video", ctx.name, ctx.width, ctx.height, extradata)
-    return ("audio", ctx.name, ctx.sample_rate, ctx.channels, extradata)
+def _scan(fd: int, head: int, runs: list[tuple[int, int]], layout: ProgressiveLayout, source: int) -> None:
+    """Blocking: read the file's init segment and the moof of every fragment in `runs` into the layout."""
+    init = parse_init(os.pread(fd, head, 0))
+    layout.begin(source, init)
+    for start, end in runs:
+        pos = start
+        while pos < end:
+            block = os.pread(fd, min(SCAN_READ, end - pos), pos)
+            if len(block) < 8:
+                raise ExportError("recording_unavailable", "a recording is shorter than its index says")
+            size, kind = _BOX.unpack_from(block)
+            if size == 1 and len(block) >= 16:
+                size = int.from_bytes(block[8:16], "big")
+            if size < 8 or pos + size > end:
+                raise ExportError("export_failed", "a recording's fragments do not match its index")
+            if kind == b"moof":
+                if size > MAX_HEADER_BOX:
+                    raise ExportError("export_failed", "a recording holds an oversized moof")
+                if size > len(block):
+                    block = os.pread(fd, size, pos)
+                moof_runs = parse_moof(memoryview(block)[:size], pos, init)
+                for run in moof_runs:
+                    if run.offset < pos + size or run.offset + run.size > end:
+                        raise ExportError("export_failed", "a fragment's samples lie outside its segment")
+                layout.add(moof_runs)
+            pos += size
 
 
-class Remuxer:
-    """Packets of consecutive fMP4 parts into one MP4; blocking, used by one thread at a time."""
+def _reads(chunks: Sequence[Chunk]) -> list[_Read]:
+    """The chunks grouped into reads of about BODY_READ bytes."""
+    reads: list[_Read] = []
+    group: list[Chunk] = []
 
-    def __init__(self, out: Path) -> None:
-        # +faststart: the muxer moves `moov` before `mdat` once it is written (it re-reads the file by name).
-        self._out: Any = av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"})
-        self._streams: list[tuple[tuple[Any, ...], Any]] = []
-        self._offset = Fraction(0)  # where the next part starts on the output timeline, seconds
-        self._last_dts: dict[int, int] = {}
-        self.packets = 0
-        self._closed = False
-
-    def add(self, part: Path) -> None:
-        with av.open(str(part), "r", format="mp4") as source:
-            inputs = [s for s in source.streams if s.type in ("video", "audio")]
-            signatures = [_signature(s) for s in inputs]
-            if not self._streams:
-                self._streams = [
-                    (sig, self._out.add_stream_from_template(s)) for sig, s in zip(signatures, inputs, strict=True)
-                ]
-            elif signatures != [sig for sig, _ in self._streams]:
-                raise ExportError(
-                    "codec_changed", "the stream's codecs or picture size change within the range: export it in parts"
+    def flush() -> None:
+        if group:
+            start = group[0].offset
+            reads.append(
+                _Read(
+                    group[0].source,
+                    start,
+                    group[-1].offset + group[-1].size,
+                    tuple((c.offset - start, c.size) for c in group),
                 )
-            outputs = {s.index: out for s, (_, out) in zip(inputs, self._streams, strict=True)}
-            starts = [
-                Fraction(s.start_time) * s.time_base
-                for s in inputs
-                if s.start_time is not None and s.time_base is not None
-            ]
-            base = min(starts, default=Fraction(0))
-            end = self._offset
-            for packet in source.demux(*inputs):
-                if packet.dts is None or packet.time_base is None:
-                    continue  # the demuxer's flush packets
-                out = outputs[packet.stream.index]
-                time_base = packet.time_base
-                shift = round((self._offset - base) / time_base)
-                dts = packet.dts + shift
-                pts = (packet.pts if packet.pts is not None else packet.dts) + shift
-                last = self._last_dts.get(out.index)
-                if last is not None and dts <= last:
-                    # Rounding at a join must not make decode times go backwards (the muxer refuses that).
-                    pts += last + 1 - dts
-                    dts = last + 1
-                packet.dts, packet.pts = dts, pts
-                self._last_dts[out.index] = dts
-                end = max(end, Fraction(max(pts, dts) + (packet.duration or 0)) * time_base)
-                packet.stream = out
-                self._out.mux(packet)
-                self.packets += 1
-            self._offset = end
+            )
+            group.clear()
 
-    def finish(self) -> float:
-        """Write the `moov` (first) and close; the output's length in seconds."""
-        if not self.packets:
-            self.close()
-            raise ExportError("export_failed", "the recordings held no packets")
-        self._closed = True
-        self._out.close()
-        return float(self._offset)
+    for chunk in chunks:
+        if group:
+            last = group[-1]
+            joined = chunk.offset + chunk.size - group[0].offset
+            if (
+                chunk.source != last.source
+                or not 0 <= chunk.offset - (last.offset + last.size) <= MERGE_GAP
+                or joined > BODY_READ
+            ):
+                flush()
+        group.append(chunk)
+    flush()
+    return reads
+
+
+def _read(fd: int, read: _Read) -> bytes:
+    block = os.pread(fd, read.end - read.start, read.start)
+    if len(block) != read.end - read.start:
+        raise ExportError("recording_unavailable", "a recording got shorter during the export")
+    if len(read.slices) == 1 and read.slices[0] == (0, len(block)):
+        return block
+    view = memoryview(block)
+    return b"".join(view[offset : offset + size] for offset, size in read.slices)
+
+
+class ExportPlan:
+    """An export laid out and ready to stream: `size` bytes, `header` first, then `body()`."""
+
+    def __init__(self, layout: Progressive, fds: list[int], sources: int) -> None:
+        self.layout = layout
+        self._fds = fds
+        self._reads = _reads(layout.chunks)
+        self.files = sources
+
+    @property
+    def size(self) -> int:
+        return self.layout.size
+
+    @property
+    def duration(self) -> float:
+        return self.layout.duration
+
+    @property
+    def header(self) -> bytes:
+        return self.layout.header
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The mdat's content, about a megabyte at a time; the next read runs while this one is sent."""
+        if not self._reads:
+            return
+        pending = asyncio.ensure_future(asyncio.to_thread(_read, self._fds[self._reads[0].source], self._reads[0]))
+        try:
+            for index in range(len(self._reads)):
+                data = await pending
+                if index + 1 < len(self._reads):
+                    following = self._reads[index + 1]
+                    pending = asyncio.ensure_future(asyncio.to_thread(_read, self._fds[following.source], following))
+                yield data
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(Exception):
-                self._out.close()
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
 
 
-def _mux_parts(parts: queue.SimpleQueue[object], out: Path) -> float:
-    """The worker thread: mux parts as they arrive until told to finish (or abort)."""
-    remuxer = Remuxer(out)
-    try:
-        while True:
-            item = parts.get()
-            if item is _FINISH:
-                return remuxer.finish()
-            if item is _ABORT:
-                raise ExportError("export_failed", "the export was abandoned")
-            assert isinstance(item, Path)
-            try:
-                remuxer.add(item)
-            finally:
-                item.unlink(missing_ok=True)
-    except av.FFmpegError as exc:
-        raise ExportError("export_failed", f"the recordings could not be remuxed: {exc}") from exc
-    finally:
-        remuxer.close()
+def _open(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
-async def export_mp4(sources: Sequence[Source], workdir: Path) -> tuple[Path, float]:
-    """Make `workdir/export.mp4` from the sources, in order; returns it and its length in seconds."""
-    out = workdir / "export.mp4"
-    parts: queue.SimpleQueue[object] = queue.SimpleQueue()
-    worker = asyncio.get_running_loop().run_in_executor(None, _mux_parts, parts, out)
+async def plan_export(sources: Sequence[Source], workdir: Path) -> ExportPlan:
+    """Lay out the export of `sources` (in time order); files not on a local disk are fetched into `workdir`."""
+    layout = ProgressiveLayout()
+    fds: list[int] = []
     try:
         for number, source in enumerate(sources):
-            while parts.qsize() >= PARTS_AHEAD and not worker.done():
-                await asyncio.sleep(0.02)
-            if worker.done():
-                break  # it failed: its error is raised below
-            part = workdir / f"part-{number}.mp4"
-            await fetch(source, part)
-            parts.put(part)
-        parts.put(_FINISH)
-        duration = await worker
-    except BaseException:
-        parts.put(_ABORT)
-        # Let the thread let go of the files before the caller removes them.
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(worker)
+            runs = byte_runs(source.selection)
+            if isinstance(source.tier, LocalTier):
+                try:
+                    fd = await asyncio.to_thread(_open, source.tier.path(source.relative))
+                except FileNotFoundError as exc:
+                    raise TierError(f"{source.tier.name}: no such recording") from exc
+            else:
+                spool = workdir / f"part-{number}.mp4"
+                await fetch(source, spool)
+                fd = await asyncio.to_thread(_open, spool)
+                # The spool holds the head, then the chosen segments back to back.
+                spooled = sum(end - start for start, end in runs)
+                runs = [(source.selection.head, source.selection.head + spooled)]
+            fds.append(fd)
+            await asyncio.to_thread(_scan, fd, source.selection.head, runs, layout, number)
+        laid_out = layout.finish()
+    except TracksChanged as exc:
+        _close_all(fds)
+        raise ExportError("codec_changed", str(exc)) from exc
+    except (ProgressiveError, Fmp4ReadError) as exc:
+        _close_all(fds)
+        raise ExportError("export_failed", f"the recordings cannot be exported: {exc}") from exc
+    except (TierError, ExportError):
+        _close_all(fds)
         raise
-    log.info("event=recording_exported parts=%d seconds=%.1f", len(sources), duration)
-    return out, duration
+    except OSError as exc:
+        _close_all(fds)
+        raise ExportError("recording_unavailable", "a recording in the range cannot be read") from exc
+    except BaseException:
+        _close_all(fds)
+        raise
+    log.info(
+        "event=recording_export_planned files=%d seconds=%.1f bytes=%d samples=%d",
+        len(sources),
+        laid_out.duration,
+        laid_out.size,
+        laid_out.samples,
+    )
+    return ExportPlan(laid_out, fds, len(sources))
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
