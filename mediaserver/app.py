@@ -44,7 +44,11 @@ def make_authorizer(config: Config, control: ControlPlane | None = None) -> Auth
 class MediaServer:
     def __init__(self, config: Config, authorizer: Authorizer | None = None) -> None:
         self.config = config
-        self.hub = Hub(max_gop_bytes=config.hub.gop_cache_max_bytes, idle_timeout=config.rtmp.idle_timeout)
+        self.hub = Hub(
+            max_gop_bytes=config.hub.gop_cache_max_bytes,
+            idle_timeout=config.rtmp.idle_timeout,
+            join_min_video_frames=config.hub.join_min_video_frames,
+        )
         self.metrics = Metrics(self.hub)
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.metrics.registry.register(collector)

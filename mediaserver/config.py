@@ -70,6 +70,8 @@ class HttpConfig:
 class HubConfig:
     # Bound on the cached keyframe group per stream.
     gop_cache_max_bytes: int = 32 * 1024 * 1024
+    # A new RTMP player's burst holds at least this many video frames (from the keyframe before if needed).
+    join_min_video_frames: int = 45
 
 
 @dataclass(slots=True)

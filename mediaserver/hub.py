@@ -12,6 +12,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -61,6 +62,7 @@ class Stream:
         max_gop_bytes: int,
         drops: DropCounter,
         on_config: Callable[[Stream, TrackInfo], None] | None = None,
+        join_min_video_frames: int = 0,
     ) -> None:
         self.app = app
         self.name = name
@@ -78,6 +80,12 @@ class Stream:
         self.ended = False
         self._gop: list[Packet] = []
         self._gop_bytes = 0
+        self._gop_video = 0  # video frames in the current GOP
+        # The fewest whole GOPs before the current one that bring a join burst to `_join_min_video` video
+        # frames, as (packets, video frames), oldest first; empty once the current GOP has enough by itself.
+        self._previous_gops: deque[tuple[list[Packet], int]] = deque()
+        self._previous_video = 0
+        self._join_min_video = join_min_video_frames
         self._max_gop_bytes = max_gop_bytes
         self._drops = drops
         self._on_config = on_config
@@ -95,7 +103,34 @@ class Stream:
 
     @property
     def gop(self) -> list[Packet]:
+        """The current keyframe group: from the newest keyframe on."""
         return self._gop
+
+    def join_burst(self) -> list[Packet]:
+        """What a new RTMP player gets before live packets: the current GOP, preceded by the previous one
+        while the current holds fewer than `join_min_video_frames` video frames."""
+        if not self._previous_gops or not self._gop:
+            return list(self._gop)
+        burst: list[Packet] = []
+        for packets, _ in self._previous_gops:
+            burst += packets
+        return burst + self._gop
+
+    def _keep_for_join(self) -> None:
+        """At a keyframe, before the new GOP starts: keep the one that just ended for join bursts."""
+        if self._join_min_video and self._gop:
+            self._previous_gops.append((self._gop, self._gop_video))
+            self._previous_video += self._gop_video
+
+    def _trim_previous(self) -> None:
+        """Drop the oldest kept GOPs while the rest and the current GOP still reach the minimum."""
+        gops = self._previous_gops
+        while gops and self._previous_video - gops[0][1] + self._gop_video >= self._join_min_video:
+            self._previous_video -= gops.popleft()[1]
+
+    def _forget_previous(self) -> None:
+        self._previous_gops.clear()
+        self._previous_video = 0
 
     def push(self, packet: Packet) -> None:
         """Ingest one packet from the publisher and fan it out."""
@@ -106,10 +141,17 @@ class Stream:
             self.video_frames += 1
             self.last_media = time.monotonic()
             if packet.keyframe:
+                self._keep_for_join()
                 self._gop = [packet]
                 self._gop_bytes = len(packet.flv)
+                self._gop_video = 1
+                if self._previous_gops:
+                    self._trim_previous()
             elif self._gop:
+                self._gop_video += 1
                 self._append_gop(packet)
+                if self._previous_gops:
+                    self._trim_previous()
         elif packet.kind is TrackKind.AUDIO:
             self.audio_frames += 1
             self.last_media = time.monotonic()
@@ -134,6 +176,7 @@ class Stream:
             self._drops.add("gop_cache_overflow", len(self._gop))
             self._gop = []
             self._gop_bytes = 0
+            self._forget_previous()
         else:
             self._gop.append(packet)
 
@@ -160,6 +203,7 @@ class Stream:
             # A new configuration makes the cached GOP undecodable.
             self._gop = []
             self._gop_bytes = 0
+            self._forget_previous()
         else:
             self.audio_config = packet
         if self._on_config is not None:
@@ -239,9 +283,12 @@ class HubView(Protocol):
 
 
 class Hub:
-    def __init__(self, max_gop_bytes: int = 32 * 1024 * 1024, idle_timeout: float = 10.0) -> None:
+    def __init__(
+        self, max_gop_bytes: int = 32 * 1024 * 1024, idle_timeout: float = 10.0, join_min_video_frames: int = 0
+    ) -> None:
         self.streams: dict[str, Stream] = {}
         self.max_gop_bytes = max_gop_bytes
+        self.join_min_video_frames = join_min_video_frames
         self.idle_timeout = idle_timeout
         self.drops = DropCounter()
         self._listeners: list[StreamListener] = []
@@ -281,7 +328,9 @@ class Hub:
         key = f"{app}/{name}"
         if key in self.streams:
             raise StreamTaken(key)
-        stream = Stream(app, name, publisher, self.max_gop_bytes, self.drops, self._config_changed)
+        stream = Stream(
+            app, name, publisher, self.max_gop_bytes, self.drops, self._config_changed, self.join_min_video_frames
+        )
         self.streams[key] = stream
         self._emit(StreamEvent(StreamEventKind.STARTED, stream))
         return stream

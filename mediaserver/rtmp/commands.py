@@ -216,13 +216,13 @@ class RtmpCommands:
             )
         )
         player = RtmpPlayer(conn, transport, stream, stream_id)
-        player.send_join_burst()
+        burst_ms = player.send_join_burst()
         conn.player = player
         stream.subscribe(player)
         log.info(
-            "event=play_start protocol=%s peer=%s stream=%s gop_packets=%d",
+            "event=play_start protocol=%s peer=%s stream=%s burst_ms=%d",
             conn.protocol,
             conn.peer,
             shown,
-            len(stream.gop),
+            burst_ms,
         )

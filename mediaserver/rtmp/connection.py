@@ -13,7 +13,9 @@ Any protocol error closes this connection only, with a log line and a counted re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import struct
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from mediaserver.rtmp.publisher import RtmpPublisher
 
 log = logging.getLogger("mediaserver.rtmp")
+
+# Linux only; elsewhere delayed ACKs stay as the system sets them.
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 _STATE_C0C1 = 0
 _STATE_C2 = 1
@@ -115,6 +120,19 @@ class RtmpConnection(asyncio.Protocol):
         self._arm_timer(self.ctx.config.handshake_timeout, "handshake_timeout")
         log.debug("event=connection_open protocol=%s peer=%s", self.protocol, self.peer)
 
+    def _ack_at_once(self) -> None:
+        """Until the connection publishes or plays, acknowledge each read at once (TCP_QUICKACK).
+
+        Clients that leave Nagle on (FFmpeg does) hold each command until the previous segment is acknowledged;
+        Linux would delay that ACK by 40 ms when there is no reply to carry it, once per command round. The
+        kernel clears the flag again by itself, so it is set after every read of the command phase, and
+        never on the media path.
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None and _QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:
             return  # refused in connection_made
@@ -128,6 +146,8 @@ class RtmpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._traffic.bytes_in[self.protocol] += len(data)
+        if self.publisher is None and self.player is None:
+            self._ack_at_once()
         try:
             if self._state == _STATE_OPEN:
                 self._feed_open(data)

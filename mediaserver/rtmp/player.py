@@ -63,14 +63,15 @@ class RtmpPlayer:
         self.protocol = conn.protocol
         self.stream = stream
 
-    def send_join_burst(self) -> None:
-        """Metadata, sequence headers stamped with the cached GOP's start, then the GOP.
+    def send_join_burst(self) -> int:
+        """Metadata, sequence headers stamped with the burst's start, then the burst (the cached GOP, and the
+        one before while the current is short: `Stream.join_burst`). Returns the burst's length in ms.
 
         Metadata goes at time 0: FFmpeg's FLV reader takes an onMetaData with a non-zero
         time for a text track.
         """
         stream = self.stream
-        gop = list(stream.gop)
+        gop = stream.join_burst()
         start = gop[0].dts if gop else 0
         if stream.metadata is not None:
             self._send_at(stream.metadata, 0)
@@ -80,6 +81,7 @@ class RtmpPlayer:
         self._skip_to_keyframe = not gop and stream.video_config is not None
         for packet in gop:
             self.on_packet(packet)
+        return gop[-1].dts - start if gop else 0
 
     def _send_at(self, packet: Packet, timestamp: int) -> None:
         self._conn.write(

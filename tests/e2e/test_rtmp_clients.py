@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mediaserver.rtmp.client import RtmpClient
 from tests.conftest import ServerProcess, ffmpeg_publish, require, wait_for_stream
 
 
@@ -78,6 +80,41 @@ def test_second_player_joins_mid_stream_on_a_keyframe(server: ServerProcess) -> 
         # The second player did not start at the beginning of the stream.
         assert float(second["packets"][0]["pts_time"]) > 1.5  # type: ignore[index]
         assert elapsed < 5, f"joining took {elapsed:.1f}s"
+    finally:
+        finish(publisher)
+
+
+async def _first_video_frames(port: int, name: str, count: int) -> list[tuple[float, int, bool]]:
+    """(seconds after play, timestamp ms, keyframe) of the first `count` video frames a new player gets."""
+    frames: list[tuple[float, int, bool]] = []
+    async with RtmpClient() as player:
+        await player.connect("127.0.0.1", port, "live")
+        await player.play(name)
+        started = time.monotonic()
+        while len(frames) < count:
+            message = await asyncio.wait_for(player.read_message(), 10)
+            assert message is not None, "the stream ended"
+            payload = bytes(message.payload)
+            if message.type_id == 9 and len(payload) > 1 and payload[1] == 1:  # AVC NALU, not the sequence header
+                frames.append((time.monotonic() - started, message.timestamp, payload[0] >> 4 == 1))
+    return frames
+
+
+def test_a_new_player_gets_enough_cached_frames_to_start_at_once(server: ServerProcess) -> None:
+    # FFmpeg-based players read ~40 frames before they show one. A 2 s GOP at 25 fps, joined at several
+    # points of it: the player always gets 45 frames from the cache at once, starting on a keyframe.
+    publisher = ffmpeg_publish(server.rtmp_url("live/burst"), 12, gop=50)
+    try:
+        wait_for_stream(server, "live", "burst")
+        time.sleep(2.5)
+        for _ in range(3):
+            frames = asyncio.run(_first_video_frames(server.rtmp_port, "burst", 45))
+            assert frames[0][2], "the burst does not start on a keyframe"
+            span = (frames[-1][1] - frames[0][1]) / 1000
+            arrived = frames[-1][0]
+            # 1.76 s of media: from the cache they come far faster than live would bring them.
+            assert span >= 1.7 and arrived < span / 2, (span, arrived)
+            time.sleep(0.7)
     finally:
         finish(publisher)
 

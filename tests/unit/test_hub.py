@@ -167,3 +167,45 @@ def test_typed_stream_events_and_the_hub_view() -> None:
     }
     assert stream.video.width == 352 and stream.audio.sample_rate == 44100
     assert events[2].track == "audio" and events[3].as_dict()["event"] == "stream-stopped"
+
+
+def _feed_gops(stream_gop: int, frames: int, min_video: int) -> tuple[Hub, list[Packet]]:
+    """A stream of `frames` video frames (a keyframe every `stream_gop`) with audio between them."""
+    hub = Hub(join_min_video_frames=min_video)
+    stream = hub.publish("live", "a", FakePublisher())
+    for index in range(frames):
+        stream.push(video(index * 40, index % stream_gop == 0))
+        stream.push(audio(index * 40 + 20))
+    return hub, stream.join_burst()
+
+
+def _video_in(packets: list[Packet]) -> list[Packet]:
+    return [p for p in packets if p.kind is TrackKind.VIDEO]
+
+
+def test_a_short_gop_joins_from_the_keyframe_before() -> None:
+    # 2 s GOPs at 25 fps, 10 frames into the current one: the burst starts at the previous keyframe.
+    _, burst = _feed_gops(50, 110, 45)
+    frames = _video_in(burst)
+    assert frames[0].keyframe and frames[0].dts == 50 * 40
+    assert len(frames) == 60
+    assert [p.dts for p in burst] == sorted(p.dts for p in burst)  # one timeline, nothing repeated
+    # Once the current GOP holds enough frames by itself, only it is sent.
+    _, burst = _feed_gops(50, 150, 45)
+    assert _video_in(burst)[0].dts == 100 * 40 and len(_video_in(burst)) == 50
+
+
+def test_short_gops_keep_only_as_many_as_the_minimum_needs() -> None:
+    # 0.4 s GOPs: the burst is the fewest whole GOPs that reach 45 frames (here 5 of them).
+    _, burst = _feed_gops(10, 203, 45)
+    frames = _video_in(burst)
+    # 3 frames into the current GOP: four GOPs before it would make 43, so five (from frame 150) make 53.
+    assert frames[0].keyframe and frames[0].dts == 150 * 40
+    assert len(frames) == 53
+
+
+def test_without_a_minimum_the_burst_is_the_current_gop() -> None:
+    hub, burst = _feed_gops(50, 110, 0)
+    stream = hub.get("live", "a")
+    assert stream is not None and burst == stream.gop
+    assert _video_in(burst)[0].dts == 100 * 40
