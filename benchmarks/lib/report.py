@@ -48,9 +48,11 @@ def write_report(
     results: Sequence[Any],
     ratio: Mapping[str, float] | None = None,
     key: str = "results",
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """The run as JSON into `path`: the date (UTC), the machine, `args`, the wall time since `started`
-    (time.monotonic()), the `results` under `key`, and `ratio` (ours over nginx) when given."""
+    (time.monotonic()), the `results` under `key`, `ratio` (ours over nginx) when given, and the tool's `extra`
+    top-level entries (dataclasses as dicts)."""
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -59,6 +61,8 @@ def write_report(
         key: [_plain(r) for r in results],
         "ratio": ratio,
     }
+    for name, value in (extra or {}).items():
+        report[name] = _plain(value)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -1,7 +1,8 @@
 """The servers under test, started as subprocesses on free loopback ports and stopped by pid.
 
 `OurServer` runs `python -m mediaserver serve` with its settings in `MEDIASERVER_*` variables; `NginxServer`
-runs nginx-rtmp with /work/shared/bench/nginx-rtmp-anchor.conf, its ports moved to free ones. Each starts in
+runs nginx-rtmp with /work/shared/bench/nginx-rtmp-anchor.conf, its ports moved to free ones; `MotoServer` runs
+moto's S3 API (the recording benchmarks' cold tier) as a process of its own. Each starts in
 its own session (Ctrl-C reaches the tool only, which then stops it), in a temp dir that holds its log and
 data and is removed at `stop()` unless `keep_temp`.
 """
@@ -233,6 +234,35 @@ class NginxServer(Server):
         path = self.root / "nginx" / "logs" / "error.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         return [line for line in text.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", line)][:20]
+
+
+class MotoServer(Server):
+    """moto's S3 API (`python -m moto.server`) as a process of its own on loopback, so that what it costs is read from
+    its /proc entries and not counted as the caller's. moto keeps objects over ~5 MiB (and multipart parts) in
+    temporary files: its TMPDIR is the server's temp dir, so they go when it stops."""
+
+    name = "moto"
+
+    def __init__(self, keep_temp: bool = False, prefix: str = "s3-bench") -> None:
+        super().__init__(keep_temp, prefix)
+
+    @property
+    def endpoint(self) -> str:
+        return self.url("")
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.http_port)]
+        self._spawn(command, {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.root)})
+
+        def ready() -> bool:
+            with socket.create_connection(("127.0.0.1", self.http_port), timeout=1):
+                return True
+
+        self._wait_ready(ready, 30.0)
+
+    def log_problems(self) -> list[str]:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return [line for line in text.splitlines() if "Traceback" in line or '" 500 ' in line][:20]
 
 
 def make_server(target: str, keep_temp: bool) -> Server:
