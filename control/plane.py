@@ -20,6 +20,7 @@ from control.api import recordings as recordings_api
 from control.api import snapshots as snapshots_api
 from control.api import streaming as streaming_api
 from control.api import system as system_api
+from control.api import thumbnails as thumbnails_api
 from control.api import tokens as tokens_api
 from control.api import users as users_api
 from control.api.authn import authenticate, bearer
@@ -37,6 +38,7 @@ from control.services import PRINCIPAL, SERVICES, RecorderControl, RecordingAcce
 from control.store import Camera, Store, User
 from mediaserver.config import Config, ConfigError
 from mediaserver.hub import HubView
+from mediaserver.recording.indexes import IndexCache
 from mediaserver.recording.storage import LocalTier, Tier
 from mediaserver.snapshot import Snapshotter
 
@@ -53,6 +55,7 @@ def all_routes() -> list[ApiRoute]:
         cameras_api,
         snapshots_api,
         recordings_api,
+        thumbnails_api,
         streaming_api,
         tokens_api,
         audit_api,
@@ -147,7 +150,9 @@ class ControlPlane:
 
             cold = s3.from_config(config.recording)
         tiers: tuple[Tier | None, ...] = (hot, warm, cold)
-        self.recordings = RecordingAccess({tier.name: tier for tier in tiers if tier is not None})
+        self.recordings = RecordingAccess(
+            {tier.name: tier for tier in tiers if tier is not None}, indexes=IndexCache(registry=registry)
+        )
         # Moves down the tiers by age and free space, and retention (one pass every recording.tier_interval).
         self.recording_tiers = RecordingTiers(self.store, self.audit, config.recording, hot, warm, cold, registry)
         self.services = Services(

@@ -4,7 +4,8 @@ A move copies a closed recording (and its `.idx`) to the lower tier, reads the c
 SHA-256 in the index row, switches the row's tier, and only then deletes the source; any failure leaves the source
 and the row where they were, so nothing is deleted before a verified copy exists. Deletions come from retention
 (per camera, by age and by total size, oldest first) and, as the last resort, from a local tier under its free-space
-watermark that cannot move its oldest data down; each one is audited (`recording.delete`, actor system, a reason).
+watermark that cannot move its oldest data down; each one is audited (`recording.delete`, actor system, a reason)
+and takes the recording's thumbnails with it (they stay on the hot root whatever tier the recording is on).
 
 One pass runs at a time, every `recording.tier_interval` seconds, in the process that owns the control plane (one
 per machine today). A row is never in two moves, or a move and a deletion, at once (`busy`).
@@ -38,6 +39,7 @@ from mediaserver.background import BackgroundTask
 from mediaserver.config import RecordingConfig
 from mediaserver.recording import layout
 from mediaserver.recording.storage import LocalTier, Tier, TierError
+from mediaserver.recording.thumbnails import delete_recording_thumbnails
 
 log = logging.getLogger("control.recordings")
 
@@ -78,6 +80,7 @@ class Item:
     started_at: datetime
     size: int
     checksum: str
+    ended_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -93,7 +96,7 @@ class _Mismatch(Exception):
 
 def _item(row: Recording) -> Item:
     assert row.checksum is not None
-    return Item(row.id, row.camera_id, row.path, row.tier, row.started_at, row.size_bytes, row.checksum)
+    return Item(row.id, row.camera_id, row.path, row.tier, row.started_at, row.size_bytes, row.checksum, row.ended_at)
 
 
 class RecordingTiers:
@@ -111,6 +114,8 @@ class RecordingTiers:
         self._audit = audit
         self.config = config
         self.local = [tier for tier in (hot, warm) if tier is not None]
+        # Thumbnails live on the hot root, whatever tier their recordings are on.
+        self.thumbnail_root = hot.root
         self.tiers: dict[str, CopyTarget] = {tier.name: tier for tier in (hot, warm, cold) if tier is not None}
         # Age (days since start) at which a recording belongs on each lower tier that is configured.
         self.after: dict[str, float] = {}
@@ -450,6 +455,7 @@ class RecordingTiers:
                 )
         finally:
             self.busy.discard(item.id)
+        await delete_recording_thumbnails(self.thumbnail_root, item.camera_id, item.started_at, item.ended_at)
         self.deletions.labels(reason).inc()
         level = logging.WARNING if reason == "low_disk_space" else logging.INFO
         log.log(

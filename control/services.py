@@ -15,6 +15,7 @@ from control.security import PasswordHasher, TokenService
 from control.store import Store
 from mediaserver.config import Config
 from mediaserver.hub import HubView
+from mediaserver.recording.indexes import IndexCache
 from mediaserver.recording.storage import Tier
 from mediaserver.snapshot import Snapshotter
 
@@ -53,6 +54,7 @@ class RecordingAccess:
 
     tiers: dict[str, Tier]
     recorder: RecorderControl | None = None
+    indexes: IndexCache = field(default_factory=IndexCache)
 
 
 @dataclass

@@ -86,6 +86,8 @@ class MediaServer:
                 sync_interval=recording.sync_interval,
                 progress_interval=recording.progress_interval,
                 default_app=config.api.publish_app,
+                thumbnail_interval=recording.thumbnail_interval,
+                thumbnail_width=recording.thumbnail_width,
             )
             self.hls.fragment_listeners.append(self.recorder)
             if self.control is not None:

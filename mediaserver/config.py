@@ -214,6 +214,10 @@ class RecordingConfig:
     progress_interval: float = 5.0
     # Longest time range (seconds) one coverage, playback or export request may ask for.
     max_query_range: float = 86400.0
+    # Thumbnails along recordings (timeline scrubbing): one on the first keyframe this many seconds after the
+    # stream's last one (0: none), at most this many pixels wide (aspect kept, even sides).
+    thumbnail_interval: float = 60.0
+    thumbnail_width: int = 320
     # Storage tiers. warm: a second local folder (empty: no warm tier). Closed recordings move down after
     # these ages (copy, verify the SHA-256 of the copy, switch the index, then delete the source).
     warm_root: str = ""
@@ -264,6 +268,8 @@ class Config:
             raise ConfigError("recording.file_duration must be >= 1 s and max_buffer_bytes >= 1 MiB")
         if self.recording.max_query_range <= 0:
             raise ConfigError("recording.max_query_range must be positive")
+        if self.recording.thumbnail_interval < 0 or not 16 <= self.recording.thumbnail_width <= 7680:
+            raise ConfigError("recording.thumbnail_interval must be >= 0 and thumbnail_width within 16..7680")
         self._validate_tiers()
         if self.auth.publish_mode not in ("open", "static", "database"):
             raise ConfigError(

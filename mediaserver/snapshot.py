@@ -95,8 +95,15 @@ def render_jpeg(
     frames = decoder.decode(av.Packet(bytes(payload))) + decoder.decode(None)
     if not frames:
         raise SnapshotError("snapshot_failed", "the keyframe decoded to no picture")
-    frame = frames[0]
-    width, height = output_size(frame.width, frame.height, max_width, decoder.sample_aspect_ratio)
+    return frame_to_jpeg(frames[0], max_width, quality, decoder.sample_aspect_ratio)
+
+
+def frame_to_jpeg(
+    frame: VideoFrame, max_width: int, quality: int, sar: fractions.Fraction | None = None
+) -> tuple[bytes, int, int]:
+    """A decoded picture scaled to at most `max_width` square pixels (even sides) and encoded as JPEG:
+    (JPEG, width, height). Blocking: call it from a worker thread."""
+    width, height = output_size(frame.width, frame.height, max_width, sar)
     # Through RGB: scaled and read with the source's own matrix and range, then written as full-range BT.601
     # YUV, which is what JPEG decoders assume (a 10-bit or 4:2:2 source lands on 8-bit 4:2:0 the same way).
     rgb = frame.reformat(width, height, "rgb24", interpolation=Interpolation.AREA)

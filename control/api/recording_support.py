@@ -3,6 +3,7 @@ of a stored file, and the media token that lets a player (hls.js cannot send a b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from control.rbac import Permission, permissions_for
 from control.security import TokenError
 from control.services import Principal, Services
 from control.store import Camera, Recording, User
-from mediaserver.recording import fileformat, layout, timeline
+from mediaserver.recording import layout, timeline
 from mediaserver.recording.storage import Tier, TierError
 
 log = logging.getLogger("control.recordings")
@@ -136,11 +137,11 @@ async def indexed(svc: Services, rows: Sequence[Recording]) -> list[timeline.Ind
     files: list[timeline.IndexedFile] = []
     for row in rows:
         try:
-            raw = await tier_of(svc, row).read_all(row.path + layout.INDEX_SUFFIX)
+            files.append(
+                await svc.recordings.indexes.load(row.id, tier_of(svc, row), row.path, closed=row.checksum is not None)
+            )
         except (ApiError, TierError, layout.LayoutError) as exc:
             log.warning("event=recording_index_unreadable id=%d tier=%s error=%s", row.id, row.tier, exc)
-            continue
-        files.append(timeline.IndexedFile(row.id, tuple(fileformat.parse_index(raw.decode("ascii", "replace")))))
     return files
 
 
@@ -148,7 +149,9 @@ async def selections_for(
     svc: Services, camera_id: str, start: float, end: float
 ) -> tuple[list[timeline.Selection], dict[int, Recording]]:
     rows = await rows_in_range(svc, camera_id, start, end)
-    chosen = timeline.select(await indexed(svc, rows), start, end)
+    files = await indexed(svc, rows)
+    # A day of segments is tens of thousands of entries: looked through off the event loop.
+    chosen = await asyncio.to_thread(timeline.select, files, start, end)
     return chosen, {row.id: row for row in rows}
 
 

@@ -55,6 +55,7 @@ from control.store import Recording
 from mediaserver.recording import layout, playlist, timeline
 from mediaserver.recording.export import ExportError, Source, plan_export
 from mediaserver.recording.storage import TierError
+from mediaserver.recording.thumbnails import delete_recording_thumbnails
 
 log = logging.getLogger("control.recordings")
 
@@ -158,6 +159,7 @@ async def delete_recording(request: web.Request) -> web.StreamResponse:
     async with svc.store.sessions.begin() as session:
         await session.execute(delete(Recording).where(Recording.id == row.id))
         svc.audit.add(session, "recording.delete", who, "recording", str(row.id), details=details)
+    await delete_recording_thumbnails(Path(svc.config.recording_root()), row.camera_id, row.started_at, row.ended_at)
     return web.Response(status=204)
 
 
@@ -215,7 +217,7 @@ async def recording_coverage(request: web.Request) -> web.StreamResponse:
     start, end = time_range(svc, q.start, q.end)
     await require_camera(svc, camera_id)
     chosen, _ = await selections_for(svc, camera_id, start, end)
-    spans, gaps = timeline.coverage(chosen, start, end)
+    spans, gaps = await asyncio.to_thread(timeline.coverage, chosen, start, end)
     return send(
         CoverageOut(
             camera_id=camera_id,
@@ -250,8 +252,13 @@ async def recording_playlist(request: web.Request) -> web.StreamResponse:
     user_id = principal(request).user_id
     tokens = {s.ref: svc.tokens.issue_media(s.ref, user_id, ttl)[0] for s in chosen}
     # Relative URIs: they resolve against wherever the playlist was fetched from (a proxy's prefix included).
-    text = playlist.render_vod(chosen, lambda ref: f"../../recordings/{ref}/media?token={tokens[ref]}")
-    return web.Response(text=text, content_type=playlist.CONTENT_TYPE)
+    text = await asyncio.to_thread(
+        playlist.render_vod, chosen, lambda ref: f"../../recordings/{ref}/media?token={tokens[ref]}"
+    )
+    response = web.Response(text=text, content_type=playlist.CONTENT_TYPE)
+    # A day's playlist is megabytes of near-identical lines: compressed (in a worker thread, by aiohttp).
+    response.enable_compression()
+    return response
 
 
 def _export_dir(svc: Services) -> Path:

@@ -1,5 +1,8 @@
 """Where recordings live: `<root>/<yyyy>/<mm>/<dd>/<camera>/<start>.mp4`, in UTC, and the checks that keep every
-path a client names inside the root."""
+path a client names inside the root.
+
+Only 4-digit year folders at the top of a root hold recordings; the hot root also holds `thumbnails/` (see
+`thumbnails.py`), which no year can be named, so no camera name can clash with it."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ It hears hub events (a stream started or stopped) and the segmenter's fragments 
 `RecordPolicy` whether a stream is recorded (the control plane: the camera's `recording_enabled`; without it,
 the config's stream patterns), and tells a `RecordingSink` (the index) about every file it opens, extends and
 closes. A file starts on a keyframe and rolls over on the first keyframe past `file_duration`; a reconnect, a
-timestamp jump or a codec change starts a new file. Nothing here blocks: writes go to `RecordingWriter`.
+timestamp jump or a codec change starts a new file. Nothing here blocks: writes go to `RecordingWriter`, and
+thumbnails (a keyframe every `thumbnail_interval`) to the `Thumbnailer`'s worker thread.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector
 from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.fragments import CmafFragment, CmafInit
 from mediaserver.recording import fileformat, layout, repair
+from mediaserver.recording.thumbnails import Thumbnailer
 from mediaserver.recording.writer import Append, Close, Open, RecordingWriter, WriteResult
 
 log = logging.getLogger("mediaserver.recording")
@@ -143,6 +145,8 @@ class _StreamState:
     # last one ended on the media clock, so consecutive files join without a gap or an overlap.
     anchor: tuple[float, int] | None = None
     last_start: float = 0.0
+    # Wall clock (epoch ms) of the stream's last thumbnail handed to the worker.
+    thumbnail_ms: int | None = None
 
 
 class Recorder:
@@ -158,6 +162,8 @@ class Recorder:
         sync_interval: float = 1.0,
         progress_interval: float = 5.0,
         default_app: str = "live",
+        thumbnail_interval: float = 0.0,
+        thumbnail_width: int = 320,
     ) -> None:
         self.root = root
         self.policy = policy
@@ -189,6 +195,7 @@ class Recorder:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.thumbnails = Thumbnailer(root, registry, interval=thumbnail_interval, width=thumbnail_width)
         registry.register(_RecorderCollector(self))
 
     # ----- lifecycle --------------------------------------------------------------------------------------------
@@ -202,6 +209,7 @@ class Recorder:
         for task in list(self._tasks):
             task.cancel()
         await self.writer.stop()
+        await self.thumbnails.stop()
 
     # ----- what is recorded -------------------------------------------------------------------------------------
 
@@ -296,6 +304,8 @@ class Recorder:
             self._close(state, "buffer_full")
             return
         self.fragments_written.inc()
+        if fragment.segment_start and fragment.independent:
+            self._offer_thumbnail(state, file, fragment)
         if file.segment:
             file.segment[1] += len(fragment.data)
             file.segment[3] = fragment.start_ms + round(fragment.duration * 1000) - file.segment[2]
@@ -308,6 +318,16 @@ class Recorder:
         if now - file.last_progress >= self.progress_interval:
             file.last_progress = now
             self.sink.progressed(info)
+
+    def _offer_thumbnail(self, state: _StreamState, file: _OpenFile, fragment: CmafFragment) -> None:
+        """A keyframe that starts a segment: the next thumbnail when the interval has passed (video only)."""
+        init = state.init
+        at_ms = file.wallclock_ms(fragment.start_ms)
+        if init is None or not init.width or not self.thumbnails.due(state.thumbnail_ms, at_ms):
+            return
+        folder = layout.stream_folder(state.app, state.name, self.default_app)
+        if self.thumbnails.submit(f"{state.app}/{state.name}", folder, init.data, fragment.data, at_ms):
+            state.thumbnail_ms = at_ms
 
     # ----- files ------------------------------------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ epoch seconds. Files are named by an opaque `ref` (the control plane's row id).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mediaserver.recording.fileformat import IndexEntry
 
@@ -29,6 +31,25 @@ class IndexedFile:
 
     ref: int
     entries: tuple[IndexEntry, ...]
+    # Wall-clock starts of the entries (ms), when they never go backwards: ranges are then found by bisection.
+    starts: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.starts is None:
+            starts = tuple(e.wallclock_ms for e in self.entries)
+            if all(a <= b for a, b in itertools.pairwise(starts)):
+                object.__setattr__(self, "starts", starts)
+
+    def overlapping(self, start_ms: float, end_ms: float) -> tuple[IndexEntry, ...]:
+        """The entries that overlap [start_ms, end_ms), in file order."""
+        entries = self.entries
+        if self.starts is None:
+            return tuple(e for e in entries if _overlaps(e, start_ms, end_ms))
+        first = max(bisect.bisect_right(self.starts, start_ms) - 1, 0)
+        while first < len(entries) and entries[first].wallclock_ms + entries[first].duration_ms <= start_ms:
+            first += 1
+        last = bisect.bisect_left(self.starts, end_ms)
+        return entries[first:last] if first < last else ()
 
     @property
     def head(self) -> int:
@@ -70,7 +91,7 @@ def select(files: Iterable[IndexedFile], start: float, end: float) -> list[Selec
     start_ms, end_ms = start * 1000, end * 1000
     chosen: list[Selection] = []
     for file in files:
-        entries = tuple(e for e in file.entries if _overlaps(e, start_ms, end_ms))
+        entries = file.overlapping(start_ms, end_ms)
         if entries:
             chosen.append(Selection(file, entries))
     chosen.sort(key=lambda s: (s.entries[0].wallclock_ms, s.ref))
@@ -79,16 +100,31 @@ def select(files: Iterable[IndexedFile], start: float, end: float) -> list[Selec
 
 def spans(selections: Iterable[Selection], merge_gap: float = MERGE_GAP) -> list[Span]:
     """Where there is video: segments merged into spans wherever less than `merge_gap` separates them."""
-    ordered = sorted(
-        ((e.wallclock_ms / 1000, e.end_wallclock) for s in selections for e in s.entries), key=lambda t: t[0]
-    )
+    # Each file's own segments first, in one pass (they are in time order), then the few pieces across files.
+    pieces: list[tuple[float, float]] = []
+    gap_ms = merge_gap * 1000
+    for selection in selections:
+        entries: Iterable[IndexEntry] = selection.entries
+        if selection.file.starts is None:  # a file whose stamps step back: order them first
+            entries = sorted(selection.entries, key=lambda e: e.wallclock_ms)
+        begin = finish = -1.0
+        for entry in entries:
+            if begin >= 0 and entry.wallclock_ms - finish < gap_ms:
+                finish = max(finish, entry.wallclock_ms + entry.duration_ms)
+                continue
+            if begin >= 0:
+                pieces.append((begin, finish))
+            begin, finish = entry.wallclock_ms, entry.wallclock_ms + entry.duration_ms
+        if begin >= 0:
+            pieces.append((begin, finish))
+    pieces.sort()
     merged: list[list[float]] = []
-    for begin, finish in ordered:
-        if merged and begin - merged[-1][1] < merge_gap:
+    for begin, finish in pieces:
+        if merged and begin - merged[-1][1] < gap_ms:
             merged[-1][1] = max(merged[-1][1], finish)
         else:
             merged.append([begin, finish])
-    return [Span(begin, finish) for begin, finish in merged]
+    return [Span(begin / 1000, finish / 1000) for begin, finish in merged]
 
 
 def coverage(

@@ -49,6 +49,12 @@ DATA_PLANE: dict[tuple[str, str], str] = {
     ("GET", "/webrtc/{app}/{name}"): PUBLIC,
     ("GET", "/static"): PUBLIC,
 }
+# Control-plane routes whose access is pinned here as well as declared (a changed declaration fails the test):
+# recording thumbnails are read like coverage, by whoever may read recordings.
+PINNED: dict[tuple[str, str], str] = {
+    ("GET", "/api/v1/cameras/{camera_id}/thumbnails"): "recordings:read",
+    ("GET", "/api/v1/cameras/{camera_id}/thumbnail.jpg"): "recordings:read",
+}
 CALLERS: tuple[Role | None, ...] = (None, Role.VIEWER, Role.OPERATOR, Role.ADMIN, Role.API_ONLY)
 
 
@@ -98,6 +104,9 @@ def route_table(server: MediaServer) -> dict[tuple[str, str], str]:
                 table[key] = api_route.permission.value if api_route.permission is not None else "authenticated"
         else:
             raise AssertionError(f"{route.method} {path} is in no access table")
+        if key in PINNED:
+            assert table[key] == PINNED[key], (key, table[key])
+    assert set(PINNED) <= set(table), set(PINNED) - set(table)
     return table
 
 

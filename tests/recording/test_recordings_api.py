@@ -24,6 +24,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.conftest import ServerProcess, ffmpeg_publish, require, start_server, wait_for_stream
 from tests.e2e.test_browser_hls import CHROMIUM_ARGS, chromium_path
+from tests.recording.helpers import Answer, call, create_camera, iso, parse_iso, wait_until
 
 FPS = 25
 SECONDS = 14
@@ -34,45 +35,6 @@ ENV = {
     "MEDIASERVER_HLS_SEGMENT_DURATION": "1",
 }
 GOP = 1.0
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def call(
-    server: ServerProcess,
-    method: str,
-    path: str,
-    token: str | None = None,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> Answer:
-    request = urllib.request.Request(server.http_url(path), method=method, headers=dict(headers or {}))
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    if body is not None:
-        request.data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return Answer(response.status, dict(response.headers), response.read())
-    except urllib.error.HTTPError as exc:
-        return Answer(exc.code, dict(exc.headers), exc.read())
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def top_boxes(data: bytes) -> list[bytes]:
@@ -107,29 +69,15 @@ class Recorded:
         return list(answer.json()["items"])
 
 
-def _camera(server: ServerProcess, token: str, name: str, recording: bool) -> dict[str, Any]:
-    answer = call(server, "POST", "/api/v1/cameras", token, {"name": name, "recording_enabled": recording})
-    assert answer.status == 201, answer.body
-    return dict(answer.json())
-
-
-def _wait(what: str, done: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = done()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     server = start_server(tmp_path_factory.mktemp("recordings-api"), ENV)
     publishers: list[subprocess.Popen[bytes]] = []
     try:
         token = server.admin_token()
-        ctx = Recorded(server, token, _camera(server, token, "Dock", True), _camera(server, token, "Gate", False))
+        ctx = Recorded(
+            server, token, create_camera(server, token, "Dock", True), create_camera(server, token, "Gate", False)
+        )
         for camera in (ctx.camera, ctx.manual):
             url = server.rtmp_url(f"live/{camera['stream_key']}")
             publishers.append(ffmpeg_publish(url, SECONDS, gop=FPS, rate=FPS))
@@ -141,7 +89,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
         ctx.observed["start"] = call(
             server, "POST", f"/api/v1/cameras/{manual_id}/recording", token, {"action": "start"}
         )
-        open_row = _wait("a manual recording", lambda: [r for r in ctx.rows(manual_id) if not r["complete"]])[0]
+        open_row = wait_until("a manual recording", lambda: [r for r in ctx.rows(manual_id) if not r["complete"]])[0]
         # While its file is being written, a recording cannot be deleted.
         ctx.observed["delete_open"] = call(server, "DELETE", f"/api/v1/recordings/{open_row['id']}", token)
         time.sleep(5)
@@ -151,7 +99,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
         for publisher in publishers:
             assert publisher.wait(timeout=60) == 0
         for camera_id in (ctx.camera["id"], manual_id):
-            _wait("closed recordings", lambda c=camera_id: all(r["complete"] for r in ctx.rows(c)))
+            wait_until("closed recordings", lambda c=camera_id: all(r["complete"] for r in ctx.rows(c)))
         yield ctx
         assert "Traceback" not in server.log(), server.log()[-5000:]
     finally:
@@ -287,13 +235,13 @@ def test_hls_js_plays_the_recording_and_seeks(recorded: Recorded) -> None:
                 assert not value["fatalErrors"], (value, console[-20:])
                 return dict(value)
 
-            playing = _wait("playback", lambda: (s := stats())["currentTime"] > 1.5 and s["readyState"] >= 2 and s)
+            playing = wait_until("playback", lambda: (s := stats())["currentTime"] > 1.5 and s["readyState"] >= 2 and s)
             assert (playing["videoWidth"], playing["videoHeight"]) == (640, 360)
             assert abs(playing["duration"] - sum(r["duration_seconds"] for r in rows)) < 1.5
             # Seek into the last file (across the discontinuities between files) and play on from there.
             target = playing["duration"] - 3.0
             page.evaluate("t => { document.querySelector('video').currentTime = t; }", target)
-            after = _wait(
+            after = wait_until(
                 "playback after the seek",
                 lambda: (s := stats())["currentTime"] >= target + 1.0 and not s["seeking"] and s["playingDate"] and s,
             )
@@ -356,7 +304,7 @@ def test_export_is_one_progressive_mp4_cut_at_keyframes(recorded: Recorded, tmp_
     empty = urlencode({"start": iso(first - timedelta(hours=3)), "end": iso(first - timedelta(hours=2))})
     answer = recorded.get(f"/api/v1/cameras/{recorded.camera['id']}/export.mp4?{empty}")
     assert answer.status == 404 and answer.json()["error"]["code"] == "no_recordings"
-    _wait("the export's scratch files to go", lambda: not list((recorded.server.data_dir / "tmp").iterdir()))
+    wait_until("the export's scratch files to go", lambda: not list((recorded.server.data_dir / "tmp").iterdir()))
 
 
 def test_download_whole_and_ranges(recorded: Recorded) -> None:

@@ -31,7 +31,7 @@ from mediaserver.config import Config, ConfigError, RecordingConfig
 from mediaserver.hls.segmenter import HlsSettings
 from mediaserver.hls.service import HlsService
 from mediaserver.hub import Hub
-from mediaserver.recording import layout
+from mediaserver.recording import layout, thumbnails
 from mediaserver.recording.recorder import PatternPolicy, Recorder, RecordingFile
 from mediaserver.recording.s3 import S3Tier
 from mediaserver.recording.storage import LocalTier
@@ -624,6 +624,44 @@ async def test_watermark_deletes_only_as_the_last_resort(
     if lower == "failing":
         assert report.failed[0][:3] == (rows[0][0], "hot", "cold")
     assert SECRET not in caplog.text
+    await tiers.stop()
+
+
+async def test_deleted_recordings_take_their_thumbnails_from_the_hot_root(
+    store: Store, tmp_path: Path, recorded: list[Recorded], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention and the watermark (of warm, which has no lower tier) delete the thumbnails within each deleted
+    recording's [start, end); they live on the hot root whatever the recording's tier. Others stay."""
+    hot, warm = LocalTier("hot", tmp_path / "hot"), LocalTier("warm", tmp_path / "warm")
+    tiers = job(store, settings(retention_days=90, min_free_percent=10, warm_after_days=1000), hot, warm)
+    expired = await place(store, warm.root, recorded[0], 100, tier="warm")
+    crowded = await place(store, warm.root, recorded[1], 0.3, tier="warm")
+    kept = await place(store, warm.root, recorded[2], 0.1, tier="warm")
+    async with store.reader() as session:
+        rows = {row.id: row for row in (await session.execute(select(Recording))).scalars()}
+    made: dict[int, list[int]] = {}
+    for row_id in (expired[0], crowded[0], kept[0]):
+        row = rows[row_id]
+        assert row.ended_at is not None
+        start, end = round(row.started_at.timestamp() * 1000), round(row.ended_at.timestamp() * 1000)
+        made[row_id] = [start, start + 2000, end]  # the last one, at its end, is the next file's
+        for ms in made[row_id]:
+            for camera in (CAMERAS[0], CAMERAS[1]):
+                thumbnails.write_atomic(thumbnails.path_of(hot.root, camera, ms), b"\xff\xd8")
+
+    def probe(path: Path) -> float:
+        # The warm disk is "short of space" while it holds more than one recording.
+        return 5.0 if path == warm.root and len(list(warm.root.rglob("*.mp4"))) > 1 else 40.0
+
+    monkeypatch.setattr(recording_tiers, "free_percent", probe)
+    report = await tiers.run_once()
+
+    assert dict(report.deleted) == {expired[0]: "retention_age", crowded[0]: "low_disk_space"}
+    everything = sorted(ms for times in made.values() for ms in times)
+    left = thumbnails.list_between(hot.root, CAMERAS[0], everything[0], everything[-1])
+    assert left == sorted([made[expired[0]][2], made[crowded[0]][2], *made[kept[0]]])
+    assert thumbnails.list_between(hot.root, CAMERAS[1], everything[0], everything[-1]) == everything
+    assert not (warm.root / thumbnails.FOLDER).exists()
     await tiers.stop()
 
 
