@@ -12,6 +12,7 @@ One publisher (ffmpeg: testsrc2 1280x720 at `--fps`, libx264 with a keyframe eve
 The same for nginx-rtmp in the same run (`--target both`). p50, p95 and max per client.
 
     python -m benchmarks.rtmp_join --target both --joins 20
+    python -m benchmarks.rtmp_join --target ours --server-env MEDIASERVER_HUB_JOIN_MIN_VIDEO_FRAMES=0
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def _available(client: str) -> bool:
 
 
 def run_target(target: str, args: argparse.Namespace) -> list[ClientFigures]:
-    server: Server = OurServer(args.keep_temp) if target == "ours" else NginxServer(args.keep_temp)
+    server: Server = (
+        OurServer(args.keep_temp, env=dict(args.server_env)) if target == "ours" else NginxServer(args.keep_temp)
+    )
     clients = [c for c in args.clients.split(",") if c]
     gop_seconds = args.gop / args.fps
     seconds = 8 + len(clients) * args.joins * (gop_seconds + 2.5)
@@ -197,6 +200,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--keep-temp", action="store_true")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="a setting for our server, e.g. MEDIASERVER_HUB_JOIN_MIN_VIDEO_FRAMES=0 (repeatable)",
+    )
     args = parser.parse_args()
     if args.joins < 1 or args.joins > 200:
         parser.error("--joins must be within 1..200")

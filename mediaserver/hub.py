@@ -85,6 +85,8 @@ class Stream:
         # frames, as (packets, video frames), oldest first; empty once the current GOP has enough by itself.
         self._previous_gops: deque[tuple[list[Packet], int]] = deque()
         self._previous_video = 0
+        # The current GOP's video count at which the oldest kept GOP is no longer needed.
+        self._trim_at = 0
         self._join_min_video = join_min_video_frames
         self._max_gop_bytes = max_gop_bytes
         self._drops = drops
@@ -127,6 +129,7 @@ class Stream:
         gops = self._previous_gops
         while gops and self._previous_video - gops[0][1] + self._gop_video >= self._join_min_video:
             self._previous_video -= gops.popleft()[1]
+        self._trim_at = self._join_min_video - (self._previous_video - gops[0][1]) if gops else 0
 
     def _forget_previous(self) -> None:
         self._previous_gops.clear()
@@ -150,7 +153,7 @@ class Stream:
             elif self._gop:
                 self._gop_video += 1
                 self._append_gop(packet)
-                if self._previous_gops:
+                if self._previous_gops and self._gop_video >= self._trim_at:
                     self._trim_previous()
         elif packet.kind is TrackKind.AUDIO:
             self.audio_frames += 1

@@ -12,6 +12,7 @@ playlists and exports read; `rebuild_index` makes it again from the file when a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import uuid
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import numpy as np
 
 # Our header box's extended type (a random UUID of this project's, never changed).
 HEADER_UUID = uuid.UUID("6d1b4c3e-58a2-4f0e-9a47-2f3c1de0b7a5").bytes
@@ -118,6 +121,28 @@ def read_header(path: Path) -> dict[str, Any]:
 def parse_index(text: str) -> list[IndexEntry]:
     """The entries of an index file's text. A torn last line (a crash mid-write) ends the list; entries that
     cover no bytes or no time, or that run backwards in the file, are dropped."""
+    # An hour's index is ~1,800 lines, and playback reads a day of them per request: the common case (every
+    # line whole and sound) is parsed by numpy in one go; anything else goes line by line below.
+    whole = text[: text.rfind("\n") + 1]
+    with contextlib.suppress(ValueError, OverflowError):
+        values = np.array(whole.split(), dtype=np.int64)
+        if values.size == 5 * whole.count("\n"):
+            rows = values.reshape(-1, 5)
+            offsets, sizes, durations = rows[:, 0], rows[:, 1], rows[:, 3]
+            ends = offsets + sizes
+            if (
+                rows.size
+                and (sizes > 0).all()
+                and (durations > 0).all()
+                and (rows >= 0).all()
+                and offsets[0] > 0
+                and (offsets[1:] >= ends[:-1]).all()
+            ):
+                return list(map(IndexEntry, *rows.T.tolist()))
+    return _parse_index_lines(text)
+
+
+def _parse_index_lines(text: str) -> list[IndexEntry]:
     entries: list[IndexEntry] = []
     end_of_previous = 0
     for line in text.splitlines(keepends=True):
