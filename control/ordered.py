@@ -55,10 +55,8 @@ class OrderedWorker(Generic[T]):
         self._task = None
 
     async def drained(self) -> None:
-        """Wait until every queued item has been applied (tests)."""
-        while not self._queue.empty():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
+        """Wait until every item queued so far has been applied, the last one included (not only taken)."""
+        await self._queue.join()
 
     async def _run(self) -> None:
         while True:
@@ -69,8 +67,12 @@ class OrderedWorker(Generic[T]):
                     await self._guard(self._on_quiet())
                 continue
             if item is _STOP:
+                self._queue.task_done()
                 return
-            await self._guard(self._apply(item))  # type: ignore[arg-type]
+            try:
+                await self._guard(self._apply(item))  # type: ignore[arg-type]
+            finally:
+                self._queue.task_done()
 
     async def _guard(self, work: Awaitable[None]) -> None:
         try:

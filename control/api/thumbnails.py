@@ -27,6 +27,9 @@ FALLBACK_INTERVAL = 60.0
 # A picture named by its own time never changes; one found for a time after it may be followed by a newer one.
 EXACT_MAX_AGE = 86400
 NEAREST_MAX_AGE = 10
+# A list longer than this is thinned evenly (every k-th picture): a timeline needs no more, and a day at a short
+# thumbnail_interval would otherwise be a list of tens of thousands.
+MAX_LISTED = 2000
 
 
 class ThumbnailOut(BaseModel):
@@ -68,7 +71,7 @@ def _stamp(ms: int) -> str:
     "GET",
     "/cameras/{camera_id}/thumbnails",
     permission=READ,
-    summary="The camera's recording thumbnails in a time range, oldest first: their times and picture URLs",
+    summary="The camera's recording thumbnails in a time range, oldest first (at most 2000, evenly thinned)",
     query=RangeQuery,
     response=ThumbnailList,
     errors=(400, 404),
@@ -85,6 +88,7 @@ async def list_thumbnails(request: web.Request) -> web.StreamResponse:
         )
     except layout.LayoutError as exc:
         raise not_found("camera") from exc
+    found = thumbnails.thinned(found, MAX_LISTED)
     items = [ThumbnailOut(time=ms / 1000, url=f"thumbnail.jpg?at={_stamp(ms)}") for ms in found]
     return send(ThumbnailList(items))
 

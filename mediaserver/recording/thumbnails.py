@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
 import os
 import re
 import secrets
@@ -110,6 +111,13 @@ def _files(day: Path) -> Iterator[tuple[int, Path]]:
             match = _NAME.match(entry.name)
             if match is not None and entry.is_file(follow_symlinks=False):
                 yield int(match.group(1)), Path(entry.path)
+
+
+def thinned(times: list[int], limit: int) -> list[int]:
+    """At most `limit` of `times`, evenly spread (every k-th, the first kept)."""
+    if limit < 1 or len(times) <= limit:
+        return times
+    return times[:: math.ceil(len(times) / limit)]
 
 
 def list_between(root: Path, folder: str, start_ms: int, end_ms: int) -> list[int]:

@@ -498,3 +498,11 @@ def test_bad_ranges_times_and_cameras(published: Published) -> None:
     assert answer.status == 200 and answer.json() == []
     # Without a token: 401.
     assert call(published.server, "GET", f"/api/v1/cameras/{camera}/thumbnails?{empty}").status == 401
+
+
+def test_long_lists_are_thinned_evenly() -> None:
+    times = list(range(0, 86_400_000, 1000))  # a day at one a second
+    kept = thumbnails.thinned(times, 2000)
+    assert len(kept) <= 2000 and kept[0] == 0
+    assert len({b - a for a, b in itertools.pairwise(kept)}) == 1  # evenly spaced
+    assert thumbnails.thinned(times[:10], 2000) == times[:10]
