@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from tests.conftest import ServerProcess
@@ -71,3 +71,14 @@ def wait_until(what: str, done: Callable[[], T], timeout: float = 15.0) -> T:
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def bad_ranges(now: datetime) -> dict[str, dict[str, str]]:
+    """Query parameters every time-range route refuses, by the error code it answers with."""
+    return {
+        "range_reversed": {"start": iso(now - timedelta(minutes=1)), "end": iso(now - timedelta(minutes=2))},
+        "time_out_of_range": {"start": "1999-12-31T23:00:00Z", "end": "2000-01-01T01:00:00Z"},
+        "range_required": {"start": iso(now - timedelta(minutes=1))},
+        "range_too_long": {"start": iso(now - timedelta(days=3)), "end": iso(now - timedelta(days=1))},
+        "invalid_time": {"start": "yesterday", "end": iso(now)},
+    }

@@ -24,7 +24,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.conftest import ServerProcess, ffmpeg_publish, require, start_server, wait_for_stream
 from tests.e2e.test_browser_hls import CHROMIUM_ARGS, chromium_path
-from tests.recording.helpers import Answer, call, create_camera, iso, parse_iso, wait_until
+from tests.recording.helpers import Answer, bad_ranges, call, create_camera, iso, parse_iso, wait_until
 
 FPS = 25
 SECONDS = 14
@@ -335,13 +335,7 @@ def recorded_path(recorded: Recorded, recording_id: int) -> str:
 def test_bad_ranges_are_400_json(recorded: Recorded) -> None:
     now = datetime.now(UTC)
     camera = recorded.camera["id"]
-    cases = {
-        "range_reversed": {"start": iso(now - timedelta(minutes=1)), "end": iso(now - timedelta(minutes=2))},
-        "time_out_of_range": {"start": "1999-12-31T23:00:00Z", "end": "2000-01-01T01:00:00Z"},
-        "range_required": {"start": iso(now - timedelta(minutes=1))},
-        "range_too_long": {"start": iso(now - timedelta(days=3)), "end": iso(now - timedelta(days=1))},
-        "invalid_time": {"start": "yesterday", "end": iso(now)},
-    }
+    cases = bad_ranges(now)
     cases_future = {"start": iso(now), "end": iso(now + timedelta(days=2))}
     for route in ("recordings/coverage", "playback.m3u8", "export.mp4"):
         for code, params in [*cases.items(), ("time_out_of_range", cases_future)]:

@@ -34,7 +34,7 @@ from mediaserver.media import Packet
 from mediaserver.recording import fileformat, layout, repair, thumbnails
 from mediaserver.recording.thumbnails import Thumbnailer, ThumbnailError
 from tests.conftest import ServerProcess, ffmpeg_publish, start_server, wait_for_stream
-from tests.recording.helpers import Answer, call, create_camera, iso, parse_iso, wait_until
+from tests.recording.helpers import Answer, bad_ranges, call, create_camera, iso, parse_iso, wait_until
 from tests.recording.test_recorder_unit import rig
 from tests.snapshot.media import LEFT, RIGHT, FakePublisher, flv_packets, h264
 
@@ -464,13 +464,7 @@ def test_thumbnails_of_a_real_recording_through_the_api_and_deleted_with_it(publ
 def test_bad_ranges_times_and_cameras(published: Published) -> None:
     now = datetime.now(UTC)
     camera = published.camera["id"]
-    cases = {
-        "range_reversed": {"start": iso(now - timedelta(minutes=1)), "end": iso(now - timedelta(minutes=2))},
-        "time_out_of_range": {"start": "1999-12-31T23:00:00Z", "end": "2000-01-01T01:00:00Z"},
-        "range_required": {"start": iso(now - timedelta(minutes=1))},
-        "range_too_long": {"start": iso(now - timedelta(days=3)), "end": iso(now - timedelta(days=1))},
-        "invalid_time": {"start": "yesterday", "end": iso(now)},
-    }
+    cases = bad_ranges(now)
     for code, params in cases.items():
         answer = published.get(f"/api/v1/cameras/{camera}/thumbnails?{urlencode(params)}")
         assert answer.status == 400 and answer.headers["Content-Type"].startswith("application/json"), code
