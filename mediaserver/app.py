@@ -21,6 +21,7 @@ from mediaserver.http.app import create_app
 from mediaserver.hub import Hub
 from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
+from mediaserver.pull.service import PullService
 from mediaserver.recording.recorder import LogSink, PatternPolicy, Recorder, RecordingSink, RecordPolicy
 from mediaserver.rtmp.context import RtmpContext
 from mediaserver.rtmp.server import start_rtmp, tls_context
@@ -106,6 +107,8 @@ class MediaServer:
                 stats_gate,
             )
             routes.extend(self.webrtc.routes())
+        # Cameras that serve their stream (RTSP, RTMP, HTTP-FLV) and wait to be read.
+        self.pull = PullService(self.hub, config.pull, self.metrics.registry)
         self.http_app = create_app(self.hub, self.metrics, routes)
         if self.control is not None:
             self.control.install(self.http_app)
@@ -122,6 +125,7 @@ class MediaServer:
         self.loop_lag.start()
         if self.webrtc is not None:
             self.webrtc.start()
+        self.pull.start()
         rtmp = self.config.rtmp
         self._servers.append(await start_rtmp(self.rtmp_context, rtmp.host, rtmp.port))
         rtmps = self.config.rtmps
@@ -137,6 +141,7 @@ class MediaServer:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        await self.pull.stop()
         if self.webrtc is not None:
             await self.webrtc.stop()
         await self.loop_lag.stop()

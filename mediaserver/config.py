@@ -198,6 +198,19 @@ class WebrtcConfig:
 
 
 @dataclass(slots=True)
+class PullConfig:
+    # Streams read from cameras or servers that serve them: "app/name=rtsp://user:pass@camera/stream1".
+    sources: list[str] = field(default_factory=list)
+    # RTSP over "tcp" (interleaved, through NAT and firewalls) or "udp".
+    rtsp_transport: str = "tcp"
+    # Seconds a connect or a read may take before the session is closed and opened again.
+    timeout: float = 5.0
+    # Back-off between sessions: from reconnect_min doubling up to reconnect_max seconds (with jitter).
+    reconnect_min: float = 1.0
+    reconnect_max: float = 30.0
+
+
+@dataclass(slots=True)
 class RecordingConfig:
     enabled: bool = True
     # Where recordings go (the hot tier); empty: `<server.data_dir>/recordings`.
@@ -259,6 +272,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     webrtc: WebrtcConfig = field(default_factory=WebrtcConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    pull: PullConfig = field(default_factory=PullConfig)
 
     def recording_root(self) -> str:
         return self.recording.root or str(Path(self.server.data_dir) / "recordings")
@@ -271,6 +285,11 @@ class Config:
         if self.recording.thumbnail_interval < 0 or not 16 <= self.recording.thumbnail_width <= 7680:
             raise ConfigError("recording.thumbnail_interval must be >= 0 and thumbnail_width within 16..7680")
         self._validate_tiers()
+        pull = self.pull
+        if pull.rtsp_transport not in ("tcp", "udp") or not 0.5 <= pull.timeout <= 120:
+            raise ConfigError("pull.rtsp_transport must be 'tcp' or 'udp' and pull.timeout within 0.5..120 s")
+        if not 0 < pull.reconnect_min <= pull.reconnect_max:
+            raise ConfigError("pull.reconnect_min must be positive and not above pull.reconnect_max")
         if self.auth.publish_mode not in ("open", "static", "database"):
             raise ConfigError(
                 f"auth.publish_mode must be 'open', 'static' or 'database', not {self.auth.publish_mode!r}"

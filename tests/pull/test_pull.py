@@ -1,0 +1,207 @@
+"""Pulled sources: the conversion of demuxed packets (unit), and a real IP-camera stand-in (GStreamer's RTSP server
+with a password, H.264 + AAC) pulled by a real server process, played back with ffprobe over RTMP and HLS,
+killed and brought back (the source reconnects), with its credentials never in the log."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mediaserver.codecs.h264 import NAL_PPS, NAL_SPS, nal_type
+from mediaserver.config import ConfigError, load_config
+from mediaserver.media import TrackKind
+from mediaserver.pull.convert import SourceConverter, avc_config_from_extradata
+from mediaserver.pull.service import parse_source
+from mediaserver.pull.source import shown_url
+from tests.conftest import ServerProcess, free_port, require, wait_for_stream
+from tests.snapshot.media import h264
+
+CAMERA = Path(__file__).with_name("rtsp_camera.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+USER, PASSWORD = "admin", "cam-pass-never-logged"
+
+
+# ----- units ------------------------------------------------------------------------------------------------
+
+
+def _annexb_units() -> tuple[bytes, list[tuple[bool, bytes]]]:
+    """libx264 access units in Annex-B, parameter sets in band before the first keyframe (as cameras send)."""
+    config, units = h264(160, 120, 6, gop=3)
+    record = avc_config_from_extradata(config)
+    assert record == config
+    out = []
+    for keyframe, avcc in units:
+        nals, pos = [], 0
+        while pos < len(avcc):
+            size = int.from_bytes(avcc[pos : pos + 4], "big")
+            nals.append(avcc[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+        out.append((keyframe, b"".join(b"\x00\x00\x00\x01" + n for n in nals)))
+    return config, out
+
+
+def test_annexb_video_becomes_a_sequence_header_then_avcc_frames() -> None:
+    config, units = _annexb_units()
+    sps_pps = b"".join(b"\x00\x00\x00\x01" + n for n in _parameter_sets(config))
+    converter = SourceConverter()
+    assert converter.video(units[0][1], 0, 0, True) == []  # nothing before parameter sets are known
+    first = converter.video(sps_pps + units[0][1], 40, 40, True)
+    assert [p.is_config for p in first] == [True, False]
+    assert first[0].kind is TrackKind.VIDEO and bytes(first[0].data) == config
+    assert first[1].keyframe and bytes(first[1].data)[:4] != b"\x00\x00\x00\x01"  # length-prefixed now
+    later = converter.video(units[1][1], 80, 80, units[1][0])
+    assert [p.is_config for p in later] == [False] and later[0].dts == 40  # times from the first packet
+
+
+def _parameter_sets(avcc: bytes) -> list[bytes]:
+    count, pos, found = avcc[5] & 0x1F, 6, []
+    for _ in range(count):
+        size = int.from_bytes(avcc[pos : pos + 2], "big")
+        found.append(avcc[pos + 2 : pos + 2 + size])
+        pos += 2 + size
+    pps_count = avcc[pos]
+    pos += 1
+    for _ in range(pps_count):
+        size = int.from_bytes(avcc[pos : pos + 2], "big")
+        found.append(avcc[pos + 2 : pos + 2 + size])
+        pos += 2 + size
+    assert [nal_type(n) for n in found] == [NAL_SPS, NAL_PPS]
+    return found
+
+
+def test_clocks_that_step_back_or_leap_are_kept_monotonic() -> None:
+    converter = SourceConverter(audio_config=bytes.fromhex("1190"))
+    stamps = [1000, 1021, 1042, 900, 921, 60_000, 60_021]  # a step back (Dahua's audio), then a clock leap
+    times = [p.dts for ms in stamps for p in converter.audio(b"\x21\x00", ms) if not p.is_config]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert times[:3] == [0, 21, 42]
+    assert times[-1] - times[-2] == 21  # after a leap the track goes on at its own pace
+    assert times[-2] - times[2] < 100
+
+
+def test_urls_are_shown_without_credentials_and_entries_are_checked() -> None:
+    assert shown_url("rtsp://admin:pw@10.0.0.5:554/Streaming/101?token=x") == "rtsp://***@10.0.0.5:554/Streaming/101"
+    assert shown_url("rtsp://[fd00::5]/cam") == "rtsp://[fd00::5]/cam"
+    assert parse_source("live/door=rtsp://cam/1") == ("live", "door", "rtsp://cam/1")
+    for bad in ("live/door", "door=rtsp://cam", "live/a/b=rtsp://cam", "live/door="):
+        with pytest.raises(ConfigError):
+            parse_source(bad)
+    for values in ({"MEDIASERVER_PULL_RTSP_TRANSPORT": "http"}, {"MEDIASERVER_PULL_RECONNECT_MIN": "0"}):
+        with pytest.raises(ConfigError):
+            load_config(None, values).validate()
+
+
+# ----- a real camera stand-in ----------------------------------------------------------------------------------
+
+
+def _start_camera(port: int) -> subprocess.Popen[str]:
+    if not Path(SYSTEM_PYTHON).exists() or shutil.which("gst-launch-1.0") is None:
+        pytest.fail("GStreamer's RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) is not installed (.ci/run does)")
+    camera = subprocess.Popen(
+        [SYSTEM_PYTHON, str(CAMERA), str(port), USER, PASSWORD],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert camera.stdout is not None
+    line = camera.stdout.readline().strip()
+    if line != "ready":
+        camera.kill()
+        raise AssertionError(f"the RTSP camera did not start: {line} {camera.stderr.read() if camera.stderr else ''}")
+    return camera
+
+
+@pytest.fixture
+def camera_port() -> Iterator[int]:
+    yield free_port()
+
+
+def _metric(server: ServerProcess, name: str, labels: str = "") -> float:
+    text = server.get_text("/metrics")
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def _wait(what: str, check: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _streams(server: ServerProcess) -> list[str]:
+    data = server.get_json("/api/v1/streams")
+    assert isinstance(data, dict)
+    return [f"{s['app']}/{s['name']}" for s in data["streams"]]
+
+
+@pytest.mark.slow
+def test_a_pulled_rtsp_camera_plays_and_comes_back(server_factory, camera_port: int) -> None:  # type: ignore[no-untyped-def]
+    camera = _start_camera(camera_port)
+    url = f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{camera_port}/cam"
+    server: ServerProcess = server_factory(
+        {
+            "MEDIASERVER_PULL_SOURCES": json.dumps([f"live/door={url}"]),
+            "MEDIASERVER_PULL_RECONNECT_MIN": "0.5",
+            "MEDIASERVER_PULL_RECONNECT_MAX": "2",
+        }
+    )
+    try:
+        wait_for_stream(server, "live", "door", timeout=20)
+        probe = subprocess.run(
+            [require("ffprobe"), "-v", "error", "-show_streams", "-of", "json", server.rtmp_url("live/door")],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        codecs = sorted(s["codec_name"] for s in json.loads(probe.stdout)["streams"])
+        assert codecs == ["aac", "h264"]
+        _wait("an HLS segment", lambda: "seg-" in server.get_text("/hls/live/door/index.m3u8"))
+        assert _metric(server, "mediaserver_pull_sources", '{state="online"}') == 1
+
+        # The camera goes away: the stream ends, the source says so, and tries again.
+        camera.kill()
+        camera.wait()
+        _wait("the stream to end", lambda: "live/door" not in _streams(server))
+        _wait("the source to be offline", lambda: _metric(server, "mediaserver_pull_sources", '{state="online"}') == 0)
+        sessions = _metric(server, "mediaserver_pull_sessions_total")
+        _wait("a retry", lambda: _metric(server, "mediaserver_pull_sessions_total") > sessions)
+
+        # Back on the same address: the stream is live again without anyone touching the server.
+        camera = _start_camera(camera_port)
+        wait_for_stream(server, "live", "door", timeout=20)
+        with urllib.request.urlopen(server.http_url("/hls/live/door/index.m3u8"), timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        camera.kill()
+        camera.wait()
+    log = server.log()
+    assert PASSWORD not in log and "event=pull_online" in log and "rtsp://***@127.0.0.1" in log
+
+
+@pytest.mark.slow
+def test_a_wrong_password_is_an_error_without_the_password(server_factory, camera_port: int) -> None:  # type: ignore[no-untyped-def]
+    camera = _start_camera(camera_port)
+    wrong = "not-the-password-either"
+    server: ServerProcess = server_factory(
+        {"MEDIASERVER_PULL_SOURCES": json.dumps([f"live/gate=rtsp://{USER}:{wrong}@127.0.0.1:{camera_port}/cam"])}
+    )
+    try:
+        _wait("the source to fail", lambda: _metric(server, "mediaserver_pull_sources", '{state="error"}') == 1)
+        assert "live/gate" not in _streams(server)
+    finally:
+        camera.kill()
+        camera.wait()
+    log = server.log()
+    assert "event=pull_failed stream=live/gate" in log
+    assert wrong not in log and PASSWORD not in log
