@@ -110,6 +110,7 @@ def cmd_camera_add(args: argparse.Namespace) -> int:
             serial_number=args.serial,
             location=args.location,
             private=not args.public,
+            source_url=args.source_url,
         )
         store = await open_store(config)
         try:
@@ -159,4 +160,7 @@ def add_control_commands(commands: argparse._SubParsersAction) -> None:  # type:
     add.add_argument("--serial", default="")
     add.add_argument("--location", default="")
     add.add_argument("--public", action="store_true", help="playable without a play token")
+    add.add_argument(
+        "--source-url", default=None, help="pull the camera's stream from this URL (rtsp://user:pass@camera/path ...)"
+    )
     add.set_defaults(func=cmd_camera_add)

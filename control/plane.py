@@ -29,6 +29,7 @@ from control.audit import SYSTEM, Audit
 from control.authorizer import DatabaseAuthorizer
 from control.live import CameraLiveTracker
 from control.middleware import cors, security_headers
+from control.pulled import PullControl, PulledCameras
 from control.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from control.rbac import Permission, Role
 from control.recording_index import CameraRecordPolicy, RecordingIndex
@@ -168,6 +169,7 @@ class ControlPlane:
             self.recordings,
         )
         self.live = CameraLiveTracker(self.store, self.audit, hub, config.api.publish_app)
+        self.services.pulled = self.pulled = PulledCameras(self.store, config.api.publish_app)
         # What the recorder asks (which cameras record) and tells (the files it writes).
         self.record_policy = CameraRecordPolicy(self.store, config.api.publish_app, config.recording.streams)
         self.recording_index = RecordingIndex(self.store, Path(config.recording_root()), config.api.publish_app)
@@ -192,6 +194,10 @@ class ControlPlane:
         """The composition root hands over the data plane's recorder (manual start/stop from the API)."""
         self.recordings.recorder = recorder
 
+    def attach_pull(self, pull: PullControl) -> None:
+        """The composition root hands over the data plane's pull service (cameras with a source_url)."""
+        self.pulled.pull = pull
+
     async def start(self) -> None:
         if not self.tokens.ready:
             self.tokens.use_secret(load_or_create_secret(Path(self.config.server.data_dir) / "jwt_secret"))
@@ -205,6 +211,7 @@ class ControlPlane:
             async with self.store.sessions.begin() as session:
                 await session.execute(update(Camera).where(Camera.status == "online").values(status="offline"))
         self.live.start()
+        self.pulled.start()
         if self.config.recording.enabled:
             # Before anything records: the index follows the disk (a crash may have cut files short).
             await self.recording_index.reconcile()
@@ -240,6 +247,7 @@ class ControlPlane:
 
     async def stop(self) -> None:
         self.snapshots.close()
+        await self.pulled.stop()
         await self.live.stop()
         await self.recording_index.stop()
         await self.recording_tiers.stop()

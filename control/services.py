@@ -21,6 +21,7 @@ from mediaserver.snapshot import Snapshotter
 
 if TYPE_CHECKING:
     from control.authorizer import DatabaseAuthorizer
+    from control.pulled import PulledCameras
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,8 @@ class Services:
     snapshots: Snapshotter
     recordings: RecordingAccess
     started_at: float = field(default_factory=time.time)
+    # Cameras pulled from their source_url (set by the control plane once it is built).
+    pulled: PulledCameras | None = None
 
 
 SERVICES = web.AppKey("control_services", Services)

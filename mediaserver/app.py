@@ -109,6 +109,8 @@ class MediaServer:
             routes.extend(self.webrtc.routes())
         # Cameras that serve their stream (RTSP, RTMP, HTTP-FLV) and wait to be read.
         self.pull = PullService(self.hub, config.pull, self.metrics.registry)
+        if self.control is not None:
+            self.control.attach_pull(self.pull)
         self.http_app = create_app(self.hub, self.metrics, routes)
         if self.control is not None:
             self.control.install(self.http_app)

@@ -208,6 +208,9 @@ class PullConfig:
     # Back-off between sessions: from reconnect_min doubling up to reconnect_max seconds (with jitter).
     reconnect_min: float = 1.0
     reconnect_max: float = 30.0
+    # Sources on loopback addresses are refused unless this is on (a camera URL must not reach the server's
+    # own services); link-local (cloud metadata) and unspecified addresses are always refused.
+    allow_loopback: bool = False
 
 
 @dataclass(slots=True)

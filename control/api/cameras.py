@@ -29,6 +29,7 @@ from control.services import Services, actor, principal, services
 from control.store import Camera
 from control.store.types import utcnow
 from mediaserver.config import Config
+from mediaserver.pull.source import shown_url
 
 routes = RouteTable("cameras")
 READ = Permission.CAMERAS_READ
@@ -45,6 +46,13 @@ def publish_url_for(config: Config, host: str, stream_key: str) -> str:
 
 def publish_url(svc: Services, host: str, stream_key: str) -> str:
     return publish_url_for(svc.config, host, stream_key)
+
+
+def cameras_changed(svc: Services) -> None:
+    """After any change to cameras: keys may have changed (the authorizer's cache) and so may pulled sources."""
+    svc.authorizer.invalidate()
+    if svc.pulled is not None:
+        svc.pulled.changed()
 
 
 def camera_view(svc: Services, camera: Any, request: web.Request | None, with_key: bool) -> CameraOut:
@@ -66,11 +74,13 @@ def camera_view(svc: Services, camera: Any, request: web.Request | None, with_ke
         bitrate_bps=int(stream.bitrate) if stream is not None else 0,
         created_at=camera.created_at,
         updated_at=camera.updated_at,
+        source=shown_url(camera.source_url) if camera.source_url else None,
     )
     if with_key:
         host = request.url.host if request is not None else ""
         out.stream_key = camera.stream_key
         out.publish_url = publish_url(svc, host or "", camera.stream_key)
+        out.source_url = camera.source_url
     return out
 
 
@@ -83,7 +93,7 @@ def new_camera(fields: CameraCreate) -> Camera:
         bitrate_bps=0,
         created_at=now,
         updated_at=now,
-        **fields.model_dump(),
+        **{**fields.model_dump(), "source_url": fields.source_url or None},
     )
 
 
@@ -147,7 +157,7 @@ async def post_camera(request: web.Request) -> web.StreamResponse:
     req = await body(request, CameraCreate)
     async with svc.store.sessions.begin() as session:
         camera = await add_camera(svc, session, req, actor(request))
-    svc.authorizer.invalidate()
+    cameras_changed(svc)
     return send(camera_view(svc, camera, request, True), 201)
 
 
@@ -166,7 +176,7 @@ async def bulk_cameras(request: web.Request) -> web.StreamResponse:
     if isinstance(req, BulkCreate):
         async with svc.store.sessions.begin() as session:
             created = [await add_camera(svc, session, item, who) for item in req.items]
-        svc.authorizer.invalidate()
+        cameras_changed(svc)
         items = [camera_view(svc, c, request, True) for c in created]
         return send(BulkResult(action="create", affected=len(items), items=items))
     ids = list(dict.fromkeys(req.ids))
@@ -180,7 +190,7 @@ async def bulk_cameras(request: web.Request) -> web.StreamResponse:
             )
         for camera_id in found:
             svc.audit.add(session, f"camera.{req.action}", who, "camera", camera_id, details={"bulk": True})
-    svc.authorizer.invalidate()
+    cameras_changed(svc)
     if req.action in ("delete", "disable"):
         kick(svc, found, f"camera_{req.action}d")
     missing = [i for i in ids if i not in set(found)]
@@ -212,6 +222,8 @@ async def put_camera(request: web.Request) -> web.StreamResponse:
     camera_id = path_camera_id(request)
     req = await body(request, CameraUpdate)
     changes = req.model_dump(exclude_none=True)
+    if changes.get("source_url") == "":
+        changes["source_url"] = None  # cleared: the camera pushes again
     async with svc.store.sessions.begin() as session:
         camera = await session.get(Camera, camera_id, with_for_update=True)
         if camera is None:
@@ -227,7 +239,7 @@ async def put_camera(request: web.Request) -> web.StreamResponse:
             elif changed.get("enabled") is True:
                 action = "camera.enable"
             svc.audit.add(session, action, actor(request), "camera", camera.id, details={"changed": sorted(changed)})
-    svc.authorizer.invalidate()
+    cameras_changed(svc)
     if changed.get("enabled") is False:
         kick(svc, [camera.id], "camera_disabled")
     return send(camera_view(svc, camera, request, True))
@@ -250,7 +262,7 @@ async def delete_camera(request: web.Request) -> web.StreamResponse:
             raise not_found("camera")
         await session.delete(camera)
         svc.audit.add(session, "camera.delete", actor(request), "camera", camera_id, details={"name": camera.name})
-    svc.authorizer.invalidate()
+    cameras_changed(svc)
     kick(svc, [camera_id], "camera_deleted")
     return web.Response(status=204)
 
@@ -273,7 +285,7 @@ async def rotate_key(request: web.Request) -> web.StreamResponse:
         camera.stream_key = new_stream_key()
         camera.updated_at = utcnow()
         svc.audit.add(session, "camera.rotate_key", actor(request), "camera", camera.id)
-    svc.authorizer.invalidate()
+    cameras_changed(svc)
     kick(svc, [camera.id], "stream_key_rotated")
     return send(camera_view(svc, camera, request, True))
 
@@ -294,6 +306,7 @@ async def camera_status(request: web.Request) -> web.StreamResponse:
     if camera is None:
         raise not_found("camera")
     stream = svc.hub.get(svc.config.api.publish_app, camera.id)
+    source = svc.pulled.state(camera.id) if svc.pulled is not None and camera.source_url else None
     snapshot = stream.snapshot() if stream is not None else None
     if snapshot is not None:
         snapshot.pop("publisher", None)  # the publisher's address stays with operators' logs
@@ -306,5 +319,7 @@ async def camera_status(request: web.Request) -> web.StreamResponse:
             last_seen=camera.last_seen,
             bitrate_bps=int(stream.bitrate) if stream is not None else 0,
             stream=snapshot,
+            source_state=source.state if source is not None else None,
+            source_error=(source.last_error or None) if source is not None else None,
         )
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from control.rbac import Permission, Role
+from mediaserver.pull.source import SCHEMES as PULL_SCHEMES
 
 
 class Request(BaseModel):
@@ -128,6 +130,24 @@ class UserList(BaseModel):
 CameraStatus = Literal["online", "offline", "error"]
 
 
+def _check_source_url(value: str | None) -> str | None:
+    if value is None or value == "":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in PULL_SCHEMES or not parts.hostname:
+        raise ValueError(f"source_url must be a {', '.join(PULL_SCHEMES)} URL with a host")
+    if any(c in value for c in "\r\n\t "):
+        raise ValueError("source_url must not contain spaces or line breaks")
+    return value
+
+
+SourceUrl = Annotated[
+    str | None,
+    Field(max_length=2048, description="Pull the stream from here (rtsp://user:pass@camera/path ...); '' to stop"),
+    AfterValidator(_check_source_url),
+]
+
+
 class CameraCreate(Request):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     vendor: Text128 = ""
@@ -137,6 +157,7 @@ class CameraCreate(Request):
     enabled: bool = True
     recording_enabled: bool = False
     private: bool = True
+    source_url: SourceUrl = None
 
     @field_validator("name")
     @classmethod
@@ -155,6 +176,7 @@ class CameraUpdate(Request):
     enabled: bool | None = None
     recording_enabled: bool | None = None
     private: bool | None = None
+    source_url: SourceUrl = None
 
     @field_validator("name")
     @classmethod
@@ -180,9 +202,12 @@ class CameraOut(BaseModel):
     bitrate_bps: int
     created_at: datetime
     updated_at: datetime
+    # A pulled camera's source without its credentials (null: the camera pushes).
+    source: str | None = None
     # Only for callers with cameras:write.
     stream_key: str | None = None
     publish_url: str | None = None
+    source_url: str | None = None
 
 
 class CameraQuery(Query):
@@ -229,6 +254,9 @@ class CameraStatusOut(BaseModel):
     last_seen: datetime | None
     bitrate_bps: int
     stream: dict[str, Any] | None
+    # A pulled camera: the puller's state (connecting, online, offline, error) and its last error.
+    source_state: str | None = None
+    source_error: str | None = None
 
 
 # --- tokens -------------------------------------------------------------------------------

@@ -61,6 +61,9 @@ class Camera(Base):
     last_seen: Mapped[datetime | None] = mapped_column(default=None)
     bitrate_bps: Mapped[int] = mapped_column(BigInteger, default=0)
     stream_key: Mapped[str] = mapped_column(String(64), unique=True)
+    # A camera that serves its stream (most IP cameras): the server pulls it from here. Holds credentials:
+    # shown whole only to those who may see stream keys.
+    source_url: Mapped[str | None] = mapped_column(String(2048), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

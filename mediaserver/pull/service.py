@@ -1,5 +1,6 @@
-"""The pulled sources of the configuration (`[pull] sources`), started and stopped with the server, with their
-state as metrics: which are online, how often they reconnected, how many packets they brought."""
+"""The pulled sources: those of the configuration (`[pull] sources`), started and stopped with the server, and
+those the control plane sets (cameras with a `source_url`), with their state as metrics: which are online, how
+often they reconnected, how many packets they brought."""
 
 from __future__ import annotations
 
@@ -27,23 +28,50 @@ def parse_source(entry: str) -> tuple[str, str, str]:
 
 class PullService:
     def __init__(self, hub: Hub, config: PullConfig, registry: CollectorRegistry) -> None:
-        settings = PullSettings(config.rtsp_transport, config.timeout, config.reconnect_min, config.reconnect_max)
+        self.hub = hub
+        self.settings = PullSettings(
+            config.rtsp_transport,
+            config.timeout,
+            config.reconnect_min,
+            config.reconnect_max,
+            allow_loopback=config.allow_loopback,
+        )
         self.sources: list[PullSource] = []
+        self._running = False
         for entry in config.sources:
             app, name, url = parse_source(entry)
             try:
-                self.sources.append(PullSource(hub, app, name, url, settings))
+                self.sources.append(PullSource(hub, app, name, url, self.settings))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
         registry.register(_PullCollector(self))
 
     def start(self) -> None:
+        self._running = True
         for source in self.sources:
             source.start()
 
     async def stop(self) -> None:
+        self._running = False
         for source in self.sources:
             await source.stop()
+
+    def get(self, app: str, name: str) -> PullSource | None:
+        return next((s for s in self.sources if s.app == app and s.name == name), None)
+
+    async def set_source(self, app: str, name: str, url: str | None) -> None:
+        """Pull `app/name` from `url` (None: stop pulling it); a changed URL starts a new source."""
+        current = self.get(app, name)
+        if current is not None and url is not None and current.same_url(url):
+            return
+        if current is not None:
+            self.sources.remove(current)
+            await current.stop()
+        if url is not None:
+            source = PullSource(self.hub, app, name, url, self.settings)
+            self.sources.append(source)
+            if self._running:
+                source.start()
 
 
 class _PullCollector(Collector):

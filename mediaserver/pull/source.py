@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +56,26 @@ class PullSettings:
     timeout: float = 5.0
     reconnect_min: float = 1.0
     reconnect_max: float = 30.0
+    allow_loopback: bool = False
+
+
+class RefusedAddress(ValueError):
+    """A source whose host resolves to an address a camera URL may not reach (SSRF)."""
+
+
+def check_addresses(host: str, allow_loopback: bool) -> None:
+    """Refuse hosts that resolve to link-local (cloud metadata), unspecified or multicast addresses, and to
+    loopback unless allowed: a camera URL set through the API must not reach the server's own services."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise RefusedAddress(f"cannot resolve the source's host: {exc.strerror or exc}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if address.is_link_local or address.is_unspecified or address.is_multicast:
+            raise RefusedAddress("the source's host is a link-local, unspecified or multicast address")
+        if address.is_loopback and not allow_loopback:
+            raise RefusedAddress("the source's host is a loopback address (pull.allow_loopback is off)")
 
 
 class PulledPublisher:
@@ -103,6 +125,9 @@ class PullSource:
     @property
     def key(self) -> str:
         return f"{self.app}/{self.name}"
+
+    def same_url(self, url: str) -> bool:
+        return url == self._url
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -197,8 +222,9 @@ class PullSource:
         """One session from open to end; the error that ended it ("" when the source ended cleanly)."""
         timeout = self.settings.timeout
         try:
+            check_addresses(urlsplit(self._url).hostname or "", self.settings.allow_loopback)
             container: Any = av.open(self._url, "r", options=self._options(), timeout=(timeout, timeout))
-        except (av.FFmpegError, OSError) as exc:
+        except (av.FFmpegError, OSError, RefusedAddress) as exc:
             return self._describe(exc)
         try:
             video = next((s for s in container.streams.video if s.codec_context.name in VIDEO_CODECS), None)

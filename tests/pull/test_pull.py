@@ -20,8 +20,9 @@ from mediaserver.config import ConfigError, load_config
 from mediaserver.media import TrackKind
 from mediaserver.pull.convert import SourceConverter, avc_config_from_extradata
 from mediaserver.pull.service import parse_source
-from mediaserver.pull.source import shown_url
+from mediaserver.pull.source import RefusedAddress, check_addresses, shown_url
 from tests.conftest import ServerProcess, free_port, require, wait_for_stream
+from tests.recording.helpers import call, wait_until
 from tests.snapshot.media import h264
 
 CAMERA = Path(__file__).with_name("rtsp_camera.py")
@@ -85,6 +86,16 @@ def test_clocks_that_step_back_or_leap_are_kept_monotonic() -> None:
     assert times[:3] == [0, 21, 42]
     assert times[-1] - times[-2] == 21  # after a leap the track goes on at its own pace
     assert times[-2] - times[2] < 100
+
+
+def test_sources_that_would_reach_the_server_itself_or_cloud_metadata_are_refused() -> None:
+    for host in ("169.254.169.254", "0.0.0.0", "fe80::1", "224.0.0.1"):
+        with pytest.raises(RefusedAddress):
+            check_addresses(host, allow_loopback=True)
+    with pytest.raises(RefusedAddress):
+        check_addresses("127.0.0.1", allow_loopback=False)
+    check_addresses("127.0.0.1", allow_loopback=True)
+    check_addresses("192.0.2.10", allow_loopback=False)  # a camera on a LAN address is fine
 
 
 def test_urls_are_shown_without_credentials_and_entries_are_checked() -> None:
@@ -153,6 +164,7 @@ def test_a_pulled_rtsp_camera_plays_and_comes_back(server_factory, camera_port: 
         {
             "MEDIASERVER_PULL_SOURCES": json.dumps([f"live/door={url}"]),
             "MEDIASERVER_PULL_RECONNECT_MIN": "0.5",
+            "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true",
             "MEDIASERVER_PULL_RECONNECT_MAX": "2",
         }
     )
@@ -194,7 +206,10 @@ def test_a_wrong_password_is_an_error_without_the_password(server_factory, camer
     camera = _start_camera(camera_port)
     wrong = "not-the-password-either"
     server: ServerProcess = server_factory(
-        {"MEDIASERVER_PULL_SOURCES": json.dumps([f"live/gate=rtsp://{USER}:{wrong}@127.0.0.1:{camera_port}/cam"])}
+        {
+            "MEDIASERVER_PULL_SOURCES": json.dumps([f"live/gate=rtsp://{USER}:{wrong}@127.0.0.1:{camera_port}/cam"]),
+            "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true",
+        }
     )
     try:
         _wait("the source to fail", lambda: _metric(server, "mediaserver_pull_sources", '{state="error"}') == 1)
@@ -205,3 +220,72 @@ def test_a_wrong_password_is_an_error_without_the_password(server_factory, camer
     log = server.log()
     assert "event=pull_failed stream=live/gate" in log
     assert wrong not in log and PASSWORD not in log
+
+
+def _login(server: ServerProcess, username: str, password: str) -> str:
+    answer = call(server, "POST", "/api/v1/auth/login", body={"username": username, "password": password})
+    assert answer.status == 200, answer.body
+    return str(answer.json()["access_token"])
+
+
+@pytest.mark.slow
+def test_a_camera_with_a_source_url_is_pulled_and_its_credentials_stay_with_operators(
+    server_factory,  # type: ignore[no-untyped-def]
+    camera_port: int,
+) -> None:
+    camera = _start_camera(camera_port)
+    server: ServerProcess = server_factory(
+        {"MEDIASERVER_AUTH_PUBLISH_MODE": "database", "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true"}
+    )
+    try:
+        admin = server.admin_token()
+        url = f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{camera_port}/cam"
+        created = call(server, "POST", "/api/v1/cameras", admin, {"name": "Gate", "source_url": url})
+        assert created.status == 201, created.body
+        cam = created.json()
+        assert cam["source_url"] == url and cam["source"] == f"rtsp://***@127.0.0.1:{camera_port}/cam"
+        wait_for_stream(server, "live", cam["id"], timeout=20)
+        status = wait_until(
+            "the camera to be online",
+            lambda: (
+                (s := call(server, "GET", f"/api/v1/cameras/{cam['id']}/status", admin).json())["status"] == "online"
+                and s
+            ),
+        )
+        assert status["source_state"] == "online" and status["live"]
+
+        # A viewer sees where the camera is, never how to log in to it.
+        password = "viewer-password-1"
+        made = call(server, "POST", "/api/v1/users", admin, {"username": "watcher", "password": password})
+        assert made.status == 201, made.body
+        viewer = _login(server, "watcher", password)
+        for path in (f"/api/v1/cameras/{cam['id']}", "/api/v1/cameras", f"/api/v1/cameras/{cam['id']}/status"):
+            answer = call(server, "GET", path, viewer)
+            assert answer.status == 200 and PASSWORD.encode() not in answer.body, path
+        seen = call(server, "GET", f"/api/v1/cameras/{cam['id']}", viewer).json()
+        assert seen["source_url"] is None and seen["source"] == cam["source"]
+
+        # Bad URLs are refused; one that points at cloud metadata is taken but never reached.
+        bad = call(server, "POST", "/api/v1/cameras", admin, {"name": "Bad", "source_url": "file:///etc/passwd"})
+        assert bad.status == 422 and "source_url" in bad.json()["error"]["message"] + str(bad.json()["error"])
+        metadata = call(
+            server, "POST", "/api/v1/cameras", admin, {"name": "Meta", "source_url": "http://169.254.169.254/x.flv"}
+        ).json()
+        refused = wait_until(
+            "the metadata source to be refused",
+            lambda: (
+                (s := call(server, "GET", f"/api/v1/cameras/{metadata['id']}/status", admin).json())["source_state"]
+                == "error"
+                and s
+            ),
+        )
+        assert "link-local" in refused["source_error"]
+
+        # Clearing the URL stops the pull: the camera is an RTMP camera again.
+        cleared = call(server, "PUT", f"/api/v1/cameras/{cam['id']}", admin, {"source_url": ""})
+        assert cleared.status == 200 and cleared.json()["source_url"] is None
+        wait_until("the pulled stream to stop", lambda: f"live/{cam['id']}" not in _streams(server))
+    finally:
+        camera.kill()
+        camera.wait()
+    assert PASSWORD not in server.log()

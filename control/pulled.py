@@ -1,0 +1,79 @@
+"""Cameras that serve their stream: the data plane pulls each enabled camera with a `source_url`, as stream
+`<publish_app>/<camera id>`, and stops when the camera is disabled, deleted or its URL cleared.
+
+The API calls `changed()` after any camera change; one worker then compares the database with what is pulled
+and starts, restarts (a new URL) or stops sources, so concurrent changes apply in order and none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from sqlalchemy import select
+
+from control.ordered import OrderedWorker
+from control.store import Camera, Store
+
+log = logging.getLogger("control.pulled")
+
+
+class SourceState(Protocol):
+    state: str
+    last_error: str
+
+
+class PullControl(Protocol):
+    """The part of the data plane's pull service the control plane drives."""
+
+    async def set_source(self, app: str, name: str, url: str | None) -> None: ...
+
+    def get(self, app: str, name: str) -> SourceState | None: ...
+
+
+class PulledCameras:
+    def __init__(self, store: Store, app: str) -> None:
+        self._store = store
+        self._app = app
+        self.pull: PullControl | None = None
+        self._pulled: set[str] = set()
+        self._worker: OrderedWorker[None] = OrderedWorker(self._sync, "pulled_cameras")
+
+    def start(self) -> None:
+        self._worker.start()
+        self.changed()
+
+    async def stop(self) -> None:
+        await self._worker.stop()
+
+    def changed(self) -> None:
+        """Some camera changed: bring the pulled sources in line (soon, in order)."""
+        if self.pull is not None:
+            self._worker.put(None)
+
+    async def idle(self) -> None:
+        await self._worker.drained()
+
+    def state(self, camera_id: str) -> SourceState | None:
+        return self.pull.get(self._app, camera_id) if self.pull is not None else None
+
+    async def _sync(self, _: None) -> None:
+        pull = self.pull
+        if pull is None:
+            return
+        async with self._store.reader() as session:
+            rows = (
+                await session.execute(
+                    select(Camera.id, Camera.source_url).where(Camera.enabled.is_(True), Camera.source_url.is_not(None))
+                )
+            ).all()
+        wanted = {row.id: row.source_url for row in rows if row.source_url}
+        for camera_id in sorted(self._pulled - wanted.keys()):
+            await pull.set_source(self._app, camera_id, None)
+            self._pulled.discard(camera_id)
+            log.info("event=camera_pull_stopped camera=%s", camera_id)
+        for camera_id, url in wanted.items():
+            await pull.set_source(self._app, camera_id, url)
+            if camera_id not in self._pulled:
+                self._pulled.add(camera_id)
+                log.info("event=camera_pull_started camera=%s", camera_id)
