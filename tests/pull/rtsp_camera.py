@@ -4,6 +4,7 @@ Run with Debian's /usr/bin/python3 (python3-gi, gir1.2-gst-rtsp-server-1.0): `rt
 Prints "ready" once it listens; runs until killed.
 """
 
+import os
 import sys
 
 import gi
@@ -12,9 +13,12 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
+# CAMERA_SIZE ("1280x720") and CAMERA_KBPS set the picture; the defaults keep tests light.
+WIDTH, HEIGHT = os.environ.get("CAMERA_SIZE", "320x240").split("x")
+KBPS = os.environ.get("CAMERA_KBPS", "500")
 PIPELINE = (
-    "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=25/1 "
-    "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bframes=0 "
+    f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={WIDTH},height={HEIGHT},framerate=25/1 "
+    f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=50 bframes=0 bitrate={KBPS} "
     "! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=1 "
     "audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=48000,channels=2 ! avenc_aac "
     "! rtpmp4gpay name=pay1 pt=97 )"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -165,6 +166,7 @@ def test_a_pulled_rtsp_camera_plays_and_comes_back(server_factory, camera_port: 
             "MEDIASERVER_PULL_SOURCES": json.dumps([f"live/door={url}"]),
             "MEDIASERVER_PULL_RECONNECT_MIN": "0.5",
             "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true",
+            "MEDIASERVER_PULL_TIMEOUT": "1.5",
             "MEDIASERVER_PULL_RECONNECT_MAX": "2",
         }
     )
@@ -180,6 +182,13 @@ def test_a_pulled_rtsp_camera_plays_and_comes_back(server_factory, camera_port: 
         assert codecs == ["aac", "h264"]
         _wait("an HLS segment", lambda: "seg-" in server.get_text("/hls/live/door/index.m3u8"))
         assert _metric(server, "mediaserver_pull_sources", '{state="online"}') == 1
+
+        # The camera hangs with its connection open (no packets, no close): the read times out, the stream
+        # ends, and it comes back once the camera does.
+        camera.send_signal(signal.SIGSTOP)
+        _wait("the stalled stream to end", lambda: "live/door" not in _streams(server))
+        camera.send_signal(signal.SIGCONT)
+        wait_for_stream(server, "live", "door", timeout=30)
 
         # The camera goes away: the stream ends, the source says so, and tries again.
         camera.kill()
