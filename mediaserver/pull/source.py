@@ -27,6 +27,7 @@ import av
 
 from mediaserver.hub import Hub, Stream, StreamTaken
 from mediaserver.media import Packet
+from mediaserver.pull.audio import G711_CODECS, G711ToAac
 from mediaserver.pull.convert import (
     AUDIO_CODECS,
     VIDEO_CODECS,
@@ -229,13 +230,20 @@ class PullSource:
             return self._describe(exc)
         try:
             video = next((s for s in container.streams.video if s.codec_context.name in VIDEO_CODECS), None)
-            audio = next((s for s in container.streams.audio if s.codec_context.name in AUDIO_CODECS), None)
+            audio = next(
+                (s for s in container.streams.audio if s.codec_context.name in (*AUDIO_CODECS, *G711_CODECS)), None
+            )
             if video is None and audio is None:
-                raise UnsupportedSource("no H.264 video or AAC audio in the source")
+                raise UnsupportedSource("no H.264 video and no AAC or G.711 audio in the source")
             converter = SourceConverter()
+            transcoder: G711ToAac | None = None
             if video is not None:
                 converter.video_config = avc_config_from_extradata(bytes(video.codec_context.extradata or b""))
-            if audio is not None:
+            if audio is not None and audio.codec_context.name in G711_CODECS:
+                transcoder = G711ToAac(audio.codec_context.name, audio.codec_context.sample_rate)
+                converter.audio_config = transcoder.config
+                log.info("event=pull_audio_transcode stream=%s from=%s to=aac", self.key, audio.codec_context.name)
+            elif audio is not None:
                 converter.audio_config = bytes(audio.codec_context.extradata or b"") or None
             self._post(self._begin_stream)
             wanted = [s for s in (video, audio) if s is not None]
@@ -249,6 +257,12 @@ class PullSource:
                 if video is not None and packet.stream.index == video.index:
                     pts_ms = round((packet.pts if packet.pts is not None else packet.dts) * base * 1000)
                     out = converter.video(bytes(packet), dts_ms, pts_ms, packet.is_keyframe)
+                elif transcoder is not None:
+                    out = [
+                        p
+                        for frame, ms in transcoder.transcode(bytes(packet), dts_ms)
+                        for p in converter.audio(frame, ms)
+                    ]
                 else:
                     out = converter.audio(bytes(packet), dts_ms)
                 if out:

@@ -20,8 +20,13 @@ PIPELINE = (
     f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={WIDTH},height={HEIGHT},framerate=25/1 "
     f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=50 bframes=0 bitrate={KBPS} "
     "! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=1 "
-    "audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=48000,channels=2 ! avenc_aac "
-    "! rtpmp4gpay name=pay1 pt=97 )"
+    + (
+        # CAMERA_AUDIO=pcma: G.711 A-law at 8 kHz, as most IP cameras send it.
+        "audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=8000,channels=1 ! alawenc ! rtppcmapay name=pay1 )"
+        if os.environ.get("CAMERA_AUDIO") == "pcma"
+        else "audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=48000,channels=2 ! avenc_aac "
+        "! rtpmp4gpay name=pay1 pt=97 )"
+    )
 )
 
 

@@ -4,7 +4,10 @@ killed and brought back (the source reconnects), with its credentials never in t
 
 from __future__ import annotations
 
+import fractions
+import itertools
 import json
+import os
 import re
 import shutil
 import signal
@@ -14,11 +17,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from mediaserver.codecs.h264 import NAL_PPS, NAL_SPS, nal_type
 from mediaserver.config import ConfigError, load_config
 from mediaserver.media import TrackKind
+from mediaserver.pull.audio import G711ToAac
 from mediaserver.pull.convert import SourceConverter, avc_config_from_extradata
 from mediaserver.pull.service import parse_source
 from mediaserver.pull.source import RefusedAddress, check_addresses, shown_url
@@ -79,6 +85,31 @@ def _parameter_sets(avcc: bytes) -> list[bytes]:
     return found
 
 
+def test_g711_becomes_aac_on_the_cameras_clock() -> None:
+    encoder = av.CodecContext.create("pcm_alaw", "w")
+    assert isinstance(encoder, av.AudioCodecContext)
+    encoder.sample_rate, encoder.layout, encoder.format = 8000, "mono", "s16"
+    encoder.time_base = fractions.Fraction(1, 8000)
+    encoder.open()
+    transcoder = G711ToAac("pcm_alaw", 8000)
+    made: list[tuple[bytes, int]] = []
+    for index in range(100):  # 2 s of 20 ms packets, as RTP carries G.711
+        tone = (np.sin((np.arange(160) + index * 160) / 8000 * 2 * np.pi * 440) * 8000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 8000, index * 160
+        for packet in encoder.encode(frame):
+            made += transcoder.transcode(bytes(packet), 5000 + index * 20)
+    # 2 s at 16 kHz is 31 AAC frames of 1024 samples, less the encoder's start-up delay; 64 ms apart.
+    assert 28 <= len(made) <= 31
+    assert all(b - a == 64 for (_, a), (_, b) in itertools.pairwise(made))
+    assert 4900 <= made[0][1] <= 5100
+    decoder = av.CodecContext.create("aac", "r")
+    assert isinstance(decoder, av.AudioCodecContext)
+    decoder.extradata = transcoder.config
+    frames = [f for data, _ in made for f in decoder.decode(av.Packet(data))]
+    assert frames and frames[-1].sample_rate == 16000 and frames[-1].samples == 1024
+
+
 def test_clocks_that_step_back_or_leap_are_kept_monotonic() -> None:
     converter = SourceConverter(audio_config=bytes.fromhex("1190"))
     stamps = [1000, 1021, 1042, 900, 921, 60_000, 60_021]  # a step back (Dahua's audio), then a clock leap
@@ -114,11 +145,12 @@ def test_urls_are_shown_without_credentials_and_entries_are_checked() -> None:
 # ----- a real camera stand-in ----------------------------------------------------------------------------------
 
 
-def _start_camera(port: int) -> subprocess.Popen[str]:
+def _start_camera(port: int, audio: str = "aac") -> subprocess.Popen[str]:
     if not Path(SYSTEM_PYTHON).exists() or shutil.which("gst-launch-1.0") is None:
         pytest.fail("GStreamer's RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) is not installed (.ci/run does)")
     camera = subprocess.Popen(
         [SYSTEM_PYTHON, str(CAMERA), str(port), USER, PASSWORD],
+        env={**os.environ, "CAMERA_AUDIO": audio},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -298,3 +330,31 @@ def test_a_camera_with_a_source_url_is_pulled_and_its_credentials_stay_with_oper
         camera.kill()
         camera.wait()
     assert PASSWORD not in server.log()
+
+
+@pytest.mark.slow
+def test_a_camera_with_g711_audio_is_heard_as_aac(server_factory, camera_port: int) -> None:  # type: ignore[no-untyped-def]
+    camera = _start_camera(camera_port, audio="pcma")
+    url = f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{camera_port}/cam"
+    server: ServerProcess = server_factory(
+        {"MEDIASERVER_PULL_SOURCES": json.dumps([f"live/yard={url}"]), "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true"}
+    )
+    try:
+        wait_for_stream(server, "live", "yard", timeout=20)
+        probe = subprocess.run(
+            [require("ffprobe"), "-v", "error", "-show_streams", "-of", "json", server.rtmp_url("live/yard")],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        audio = next(s for s in json.loads(probe.stdout)["streams"] if s["codec_type"] == "audio")
+        assert audio["codec_name"] == "aac" and audio["sample_rate"] == "16000"
+        _wait("an HLS segment", lambda: "seg-" in server.get_text("/hls/live/yard/index.m3u8"))
+        init = re.search(r'URI="(init-\d+\.mp4)"', server.get_text("/hls/live/yard/index.m3u8"))
+        assert init is not None
+        with urllib.request.urlopen(server.http_url(f"/hls/live/yard/{init.group(1)}"), timeout=5) as answer:
+            assert b"mp4a" in answer.read()  # the HLS track carries the AAC made from the camera's G.711
+    finally:
+        camera.kill()
+        camera.wait()
+    assert "event=pull_audio_transcode stream=live/yard from=pcm_alaw" in server.log()
