@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -183,6 +184,19 @@ def _wait(what: str, check: object, timeout: float = 20.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _played_streams(server: ServerProcess, path: str) -> list[dict[str, Any]]:
+    """Once `path` is live: its streams as ffprobe sees them over RTMP."""
+    app, name = path.split("/")
+    wait_for_stream(server, app, name, timeout=20)
+    probe = subprocess.run(
+        [require("ffprobe"), "-v", "error", "-show_streams", "-of", "json", server.rtmp_url(path)],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return list(json.loads(probe.stdout)["streams"])
+
+
 def _streams(server: ServerProcess) -> list[str]:
     data = server.get_json("/api/v1/streams")
     assert isinstance(data, dict)
@@ -203,14 +217,8 @@ def test_a_pulled_rtsp_camera_plays_and_comes_back(server_factory, camera_port: 
         }
     )
     try:
-        wait_for_stream(server, "live", "door", timeout=20)
-        probe = subprocess.run(
-            [require("ffprobe"), "-v", "error", "-show_streams", "-of", "json", server.rtmp_url("live/door")],
-            capture_output=True,
-            timeout=30,
-            check=True,
-        )
-        codecs = sorted(s["codec_name"] for s in json.loads(probe.stdout)["streams"])
+        streams = _played_streams(server, "live/door")
+        codecs = sorted(s["codec_name"] for s in streams)
         assert codecs == ["aac", "h264"]
         _wait("an HLS segment", lambda: "seg-" in server.get_text("/hls/live/door/index.m3u8"))
         assert _metric(server, "mediaserver_pull_sources", '{state="online"}') == 1
@@ -340,14 +348,8 @@ def test_a_camera_with_g711_audio_is_heard_as_aac(server_factory, camera_port: i
         {"MEDIASERVER_PULL_SOURCES": json.dumps([f"live/yard={url}"]), "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true"}
     )
     try:
-        wait_for_stream(server, "live", "yard", timeout=20)
-        probe = subprocess.run(
-            [require("ffprobe"), "-v", "error", "-show_streams", "-of", "json", server.rtmp_url("live/yard")],
-            capture_output=True,
-            timeout=30,
-            check=True,
-        )
-        audio = next(s for s in json.loads(probe.stdout)["streams"] if s["codec_type"] == "audio")
+        streams = _played_streams(server, "live/yard")
+        audio = next(s for s in streams if s["codec_type"] == "audio")
         assert audio["codec_name"] == "aac" and audio["sample_rate"] == "16000"
         _wait("an HLS segment", lambda: "seg-" in server.get_text("/hls/live/yard/index.m3u8"))
         init = re.search(r'URI="(init-\d+\.mp4)"', server.get_text("/hls/live/yard/index.m3u8"))
