@@ -169,7 +169,7 @@ class ControlPlane:
             self.recordings,
         )
         self.live = CameraLiveTracker(self.store, self.audit, hub, config.api.publish_app)
-        self.services.pulled = self.pulled = PulledCameras(self.store, config.api.publish_app)
+        self.services.pulled = self.pulled = PulledCameras(self.store, config.api.publish_app, self.audit)
         # What the recorder asks (which cameras record) and tells (the files it writes).
         self.record_policy = CameraRecordPolicy(self.store, config.api.publish_app, config.recording.streams)
         self.recording_index = RecordingIndex(self.store, Path(config.recording_root()), config.api.publish_app)

@@ -2,7 +2,9 @@
 `<publish_app>/<camera id>`, and stops when the camera is disabled, deleted or its URL cleared.
 
 The API calls `changed()` after any camera change; one worker then compares the database with what is pulled
-and starts, restarts (a new URL) or stops sources, so concurrent changes apply in order and none is lost.
+and starts, restarts (a new URL) or stops sources, so concurrent changes apply in order and none is lost. The
+same worker marks a camera `error` (audited once) while its source fails; going live makes it `online` again
+(the stream's own events, `control.live`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from control.audit import SYSTEM, Audit
 from control.ordered import OrderedWorker
 from control.store import Camera, Store
 
@@ -32,12 +35,15 @@ class PullControl(Protocol):
 
 
 class PulledCameras:
-    def __init__(self, store: Store, app: str) -> None:
+    def __init__(self, store: Store, app: str, audit: Audit | None = None, check_interval: float = 5.0) -> None:
         self._store = store
         self._app = app
+        self._audit = audit
         self.pull: PullControl | None = None
         self._pulled: set[str] = set()
-        self._worker: OrderedWorker[None] = OrderedWorker(self._sync, "pulled_cameras")
+        self._worker: OrderedWorker[None] = OrderedWorker(
+            self._sync, "pulled_cameras", every=check_interval, on_quiet=self._mark_failing
+        )
 
     def start(self) -> None:
         self._worker.start()
@@ -77,3 +83,23 @@ class PulledCameras:
             if camera_id not in self._pulled:
                 self._pulled.add(camera_id)
                 log.info("event=camera_pull_started camera=%s", camera_id)
+
+    async def _mark_failing(self) -> None:
+        """Cameras whose source is failing: status `error`, once (not while it is already)."""
+        pull = self.pull
+        if pull is None:
+            return
+        failing = [c for c in sorted(self._pulled) if (s := pull.get(self._app, c)) is not None and s.state == "error"]
+        if not failing:
+            return
+        async with self._store.sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(Camera.id, Camera.status).where(Camera.id.in_(failing), Camera.status != "error")
+                )
+            ).all()
+            for row in rows:
+                await session.execute(update(Camera).where(Camera.id == row.id).values(status="error"))
+                if self._audit is not None:
+                    self._audit.add(session, "camera.error", SYSTEM, "camera", row.id, details={"from": row.status})
+                log.warning("event=camera_error camera=%s reason=source_failing", row.id)

@@ -329,6 +329,10 @@ def test_a_camera_with_a_source_url_is_pulled_and_its_credentials_stay_with_oper
             ),
         )
         assert "link-local" in refused["source_error"]
+        wait_until(
+            "the metadata camera to be marked error",
+            lambda: call(server, "GET", f"/api/v1/cameras/{metadata['id']}", admin).json()["status"] == "error",
+        )
 
         # Clearing the URL stops the pull: the camera is an RTMP camera again.
         cleared = call(server, "PUT", f"/api/v1/cameras/{cam['id']}", admin, {"source_url": ""})
