@@ -23,6 +23,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from mediaserver.formats.fmp4_read import Fmp4ReadError, InitInfo, parse_init, parse_moof
+
 # Our header box's extended type (a random UUID of this project's, never changed).
 HEADER_UUID = uuid.UUID("6d1b4c3e-58a2-4f0e-9a47-2f3c1de0b7a5").bytes
 HEADER_VERSION = 1
@@ -164,49 +166,7 @@ def read_index(path: Path) -> list[IndexEntry]:
         return []
 
 
-# ----- reading what the segmenter wrote (for index repair) ---------------------------------------------------
-
-
-def _children(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, box end) of the boxes in data[start:end]."""
-    pos = start
-    while pos + 8 <= end:
-        size, kind = _BOX.unpack_from(data, pos)
-        if size < 8 or pos + size > end:
-            raise RecordingFormatError(f"bad {kind!r} box")
-        yield kind, pos + 8, pos + size
-        pos += size
-
-
-@dataclass(frozen=True, slots=True)
-class TrackTimes:
-    track_id: int
-    timescale: int
-    video: bool
-
-
-def init_tracks(moov: bytes) -> dict[int, TrackTimes]:
-    """Track id -> timescale and kind, from a `moov` box's payload."""
-    tracks: dict[int, TrackTimes] = {}
-    for kind, start, end in _children(moov, 0, len(moov)):
-        if kind != b"trak":
-            continue
-        track_id = timescale = 0
-        video = False
-        for child, cstart, cend in _children(moov, start, end):
-            if child == b"tkhd":
-                version = moov[cstart]
-                track_id = struct.unpack_from(">I", moov, cstart + (20 if version == 1 else 12))[0]
-            elif child == b"mdia":
-                for leaf, lstart, _ in _children(moov, cstart, cend):
-                    if leaf == b"mdhd":
-                        version = moov[lstart]
-                        timescale = struct.unpack_from(">I", moov, lstart + (20 if version == 1 else 12))[0]
-                    elif leaf == b"hdlr":
-                        video = moov[lstart + 8 : lstart + 12] == b"vide"
-        if track_id and timescale:
-            tracks[track_id] = TrackTimes(track_id, timescale, video)
-    return tracks
+# ----- reading what the segmenter wrote (for index repair), through formats.fmp4_read ----------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,71 +178,35 @@ class FragmentTimes:
     independent: bool
 
 
-def fragment_times(moof: bytes, tracks: dict[int, TrackTimes]) -> FragmentTimes | None:
-    """The main track's (video if any) times in a `moof` payload."""
-    main = next((t for t in tracks.values() if t.video), None) or next(iter(tracks.values()), None)
+def read_init(moov: bytes) -> InitInfo:
+    """The tracks of a whole `moov` box (`formats.fmp4_read`, its errors as ours)."""
+    try:
+        return parse_init(moov)
+    except Fmp4ReadError as exc:
+        raise RecordingFormatError(f"unreadable moov: {exc}") from exc
+
+
+def fragment_times(moof: bytes, init: InitInfo) -> FragmentTimes | None:
+    """The main track's (video if any) times in a whole `moof` box."""
+    main = next((t for t in init.tracks if t.handler == b"vide"), None) or next(iter(init.tracks), None)
     if main is None:
         return None
-    for kind, start, end in _children(moof, 0, len(moof)):
-        if kind != b"traf":
-            continue
-        track_id = 0
-        default_duration = default_flags = 0
-        base = 0
-        duration = 0
-        first_flags: int | None = None
-        for child, cstart, _ in _children(moof, start, end):
-            if child == b"tfhd":
-                flags = int.from_bytes(moof[cstart + 1 : cstart + 4], "big")
-                track_id = struct.unpack_from(">I", moof, cstart + 4)[0]
-                pos = cstart + 8
-                if flags & 0x01:
-                    pos += 8
-                if flags & 0x02:
-                    pos += 4
-                if flags & 0x08:
-                    default_duration = struct.unpack_from(">I", moof, pos)[0]
-                    pos += 4
-                if flags & 0x10:
-                    pos += 4
-                if flags & 0x20:
-                    default_flags = struct.unpack_from(">I", moof, pos)[0]
-            elif child == b"tfdt":
-                version = moof[cstart]
-                base = int.from_bytes(moof[cstart + 4 : cstart + (12 if version == 1 else 8)], "big")
-            elif child == b"trun":
-                flags = int.from_bytes(moof[cstart + 1 : cstart + 4], "big")
-                count = struct.unpack_from(">I", moof, cstart + 4)[0]
-                pos = cstart + 8
-                if flags & 0x001:
-                    pos += 4
-                if flags & 0x004:
-                    first_flags = struct.unpack_from(">I", moof, pos)[0]
-                    pos += 4
-                fields = [bit for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit]
-                for index in range(count):
-                    for bit in fields:
-                        value = struct.unpack_from(">I", moof, pos)[0]
-                        pos += 4
-                        if bit == 0x100:
-                            duration += value
-                        elif bit == 0x400 and index == 0 and first_flags is None:
-                            first_flags = value
-                    if 0x100 not in fields:
-                        duration += default_duration
-        if track_id != main.track_id:
-            continue
-        flags_of_first = default_flags if first_flags is None else first_flags
-        independent = not main.video or not flags_of_first & _SYNC_FLAGS_MASK
-        scale = main.timescale
-        return FragmentTimes(base * 1000 // scale, duration * 1000 // scale, independent)
-    return None
+    try:
+        runs = [r for r in parse_moof(moof, 0, init) if r.track_id == main.track_id and len(r.sizes)]
+    except Fmp4ReadError as exc:
+        raise RecordingFormatError(f"unreadable moof: {exc}") from exc
+    if not runs:
+        return None
+    duration = sum(int(r.durations.sum(dtype=np.uint64)) for r in runs)
+    independent = main.handler != b"vide" or not int(runs[0].flags[0]) & _SYNC_FLAGS_MASK
+    scale = main.timescale
+    return FragmentTimes(runs[0].base_time * 1000 // scale, duration * 1000 // scale, independent)
 
 
 def rebuild_index(path: Path, length: int, anchor_wallclock_ms: int, anchor_media_ms: int) -> list[IndexEntry]:
     """Index entries made again from the file's own `moof`s (a segment starts at each independent fragment)."""
     entries: list[IndexEntry] = []
-    tracks: dict[int, TrackTimes] = {}
+    init: InitInfo | None = None
     current: list[int] = []  # offset, size, start_ms, duration_ms of the segment being summed
 
     def flush() -> None:
@@ -296,11 +220,11 @@ def rebuild_index(path: Path, length: int, anchor_wallclock_ms: int, anchor_medi
         times: FragmentTimes | None = None
         for offset, size, kind in boxes(stream, length):
             if kind == b"moov" and size <= 16 * MAX_SMALL_BOX:
-                stream.seek(offset + 8)
-                tracks = init_tracks(stream.read(size - 8))
-            elif kind == b"moof" and size <= MAX_SMALL_BOX:
-                stream.seek(offset + 8)
-                times = fragment_times(stream.read(size - 8), tracks)
+                stream.seek(offset)
+                init = read_init(stream.read(size))
+            elif kind == b"moof" and size <= MAX_SMALL_BOX and init is not None:
+                stream.seek(offset)
+                times = fragment_times(stream.read(size), init)
                 moof_at = offset
             elif kind == b"mdat" and moof_at >= 0 and times is not None:
                 end = offset + size

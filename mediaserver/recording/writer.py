@@ -194,7 +194,7 @@ class RecordingWriter:
         size = sum(len(op.data) for op in batch)
         started = time.monotonic()
         try:
-            self._append(file_id, batch, started)
+            self._append(file_id, batch, size, started)
         except OSError as exc:
             self._fail(file_id, exc)
         except Exception as exc:
@@ -253,7 +253,7 @@ class RecordingWriter:
             file.size += len(chunk)
             file.digest.update(chunk)
 
-    def _append(self, file_id: int, batch: list[Append], started: float) -> None:
+    def _append(self, file_id: int, batch: list[Append], size: int, started: float) -> None:
         file = self._files.get(file_id)
         if file is None:
             return  # the file failed earlier; the recorder knows
@@ -267,7 +267,7 @@ class RecordingWriter:
             os.fdatasync(file.index_fd)
             file.synced_at = now
         if self._on_written is not None:
-            self._on_written(sum(len(op.data) for op in batch), time.monotonic() - started)
+            self._on_written(size, time.monotonic() - started)
 
     def _close(self, op: Close) -> None:
         file = self._files.pop(op.file_id, None)
