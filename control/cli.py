@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from control.api.cameras import new_camera, publish_url_for
-from control.api.schemas import CameraCreate
+from control.api.schemas import CameraCreate, normalised_email
 from control.api.users import create_user
 from control.audit import Actor, Audit
 from control.rbac import Role
@@ -91,7 +91,15 @@ def cmd_user_create(args: argparse.Namespace) -> int:
                 username = args.username.strip().lower()
                 if await session.scalar(select(User.id).where(User.username == username)) is not None:
                     return _fail(f"user {username!r} exists")
-                user = await create_user(session, hasher, username, password, Role(args.role))
+                email = None
+                if args.email:
+                    try:
+                        email = normalised_email(args.email)
+                    except ValueError as exc:
+                        return _fail(f"--email: {exc}")
+                    if await session.scalar(select(User.id).where(User.email == email)) is not None:
+                        return _fail("another user has that email address")
+                user = await create_user(session, hasher, username, password, Role(args.role), email)
                 Audit(store).add(session, "user.create", CLI_ACTOR, "user", str(user.id), details={"role": user.role})
         finally:
             await store.close()
@@ -105,6 +113,7 @@ def cmd_camera_add(args: argparse.Namespace) -> int:
     async def work(config: Config) -> int:
         fields = CameraCreate(
             name=args.name,
+            company=args.company,
             vendor=args.vendor,
             model=args.model,
             serial_number=args.serial,
@@ -146,6 +155,7 @@ def add_control_commands(commands: argparse._SubParsersAction) -> None:  # type:
     create = user_commands.add_parser("create", help="create a user (the password is read from stdin or a prompt)")
     create.add_argument("--config", "-c", help="TOML configuration file")
     create.add_argument("--username", required=True)
+    create.add_argument("--email", default=None)
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.VIEWER.value)
     create.add_argument("--password", help="the password (prefer stdin or the prompt: argv is visible to others)")
     create.set_defaults(func=cmd_user_create)
@@ -155,6 +165,7 @@ def add_control_commands(commands: argparse._SubParsersAction) -> None:  # type:
     add = camera_commands.add_parser("add", help="add a camera and print its publish URL")
     add.add_argument("name")
     add.add_argument("--config", "-c", help="TOML configuration file")
+    add.add_argument("--company", default="", help="who the camera belongs to")
     add.add_argument("--vendor", default="")
     add.add_argument("--model", default="")
     add.add_argument("--serial", default="")

@@ -61,6 +61,7 @@ def camera_view(svc: Services, camera: Any, request: web.Request | None, with_ke
     out = CameraOut(
         id=camera.id,
         name=camera.name,
+        company=camera.company,
         vendor=camera.vendor,
         model=camera.model,
         serial_number=camera.serial_number,

@@ -7,6 +7,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from email_validator import validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from control.rbac import Permission, Role
@@ -37,6 +38,16 @@ Username = Annotated[str, Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0
 Password = Annotated[str, Field(min_length=1, max_length=256)]
 CameraId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Text128 = Annotated[str, Field(max_length=128)]
+
+
+def normalised_email(value: str) -> str:
+    # pydantic's EmailStr rules (email-validator), without a DNS look-up; stored lower-case so that
+    # uniqueness does not depend on case.
+    return validate_email(value, check_deliverability=False).normalized.lower()
+
+
+Email = Annotated[str, Field(max_length=254), AfterValidator(normalised_email)]
+
 UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
@@ -91,12 +102,14 @@ class OkOut(BaseModel):
 class UserCreate(Request):
     username: Username
     password: Password
+    email: Email | None = None
     role: Role = Role.VIEWER
     disabled: bool = False
 
 
 class UserUpdate(Request):
     password: Password | None = None
+    email: Annotated[Email | Literal[""] | None, Field(description="'' removes it")] = None
     role: Role | None = None
     disabled: bool | None = None
 
@@ -104,6 +117,7 @@ class UserUpdate(Request):
 class UserOut(Out):
     id: int
     username: str
+    email: str | None = None
     role: Role
     disabled: bool
     created_at: datetime
@@ -150,6 +164,7 @@ SourceUrl = Annotated[
 
 class CameraCreate(Request):
     name: Annotated[str, Field(min_length=1, max_length=128)]
+    company: Text128 = ""
     vendor: Text128 = ""
     model: Text128 = ""
     serial_number: Text128 = ""
@@ -169,6 +184,7 @@ class CameraCreate(Request):
 
 class CameraUpdate(Request):
     name: Annotated[str | None, Field(min_length=1, max_length=128)] = None
+    company: Text128 | None = None
     vendor: Text128 | None = None
     model: Text128 | None = None
     serial_number: Text128 | None = None
@@ -189,6 +205,7 @@ class CameraUpdate(Request):
 class CameraOut(BaseModel):
     id: str
     name: str
+    company: str
     vendor: str
     model: str
     serial_number: str

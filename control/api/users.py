@@ -29,10 +29,13 @@ def _check_password(svc: Services, password: str) -> None:
         raise ApiError(422, "validation_failed", "the password is too short", detail)
 
 
-async def create_user(session: AsyncSession, hasher: PasswordHasher, username: str, password: str, role: Role) -> User:
+async def create_user(
+    session: AsyncSession, hasher: PasswordHasher, username: str, password: str, role: Role, email: str | None = None
+) -> User:
     now = utcnow()
     user = User(
         username=username.lower(),
+        email=email or None,
         password_hash=await hasher.hash(password),
         role=role.value,
         disabled=False,
@@ -42,6 +45,15 @@ async def create_user(session: AsyncSession, hasher: PasswordHasher, username: s
     session.add(user)
     await session.flush()
     return user
+
+
+async def _check_email_free(session: AsyncSession, email: str | None, user_id: int | None) -> None:
+    """409 when another user has the address (the unique index is the last word; this names the field)."""
+    if not email:
+        return
+    other = await session.scalar(select(User.id).where(User.email == email))
+    if other is not None and other != user_id:
+        raise ApiError(409, "email_taken", "another user has that email address")
 
 
 async def _other_active_admins(session: AsyncSession, user_id: int) -> int:
@@ -85,7 +97,8 @@ async def post_user(request: web.Request) -> web.StreamResponse:
     _check_password(svc, req.password)
     try:
         async with svc.store.sessions.begin() as session:
-            user = await create_user(session, svc.hasher, req.username, req.password, req.role)
+            await _check_email_free(session, req.email, None)
+            user = await create_user(session, svc.hasher, req.username, req.password, req.role, req.email)
             user.disabled = req.disabled
             svc.audit.add(
                 session,
@@ -138,6 +151,10 @@ async def put_user(request: web.Request) -> web.StreamResponse:
         ):
             raise ApiError(409, "last_admin", "the last active admin cannot be demoted or disabled")
         changed: list[str] = []
+        if req.email is not None and (req.email or None) != user.email:
+            await _check_email_free(session, req.email, user.id)
+            user.email = req.email or None
+            changed.append("email")
         if req.password is not None:
             user.password_hash = await svc.hasher.hash(req.password)
             changed.append("password")

@@ -27,10 +27,12 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (MYSQL_TABLE,)
+    __table_args__ = (Index("ix_users_email", "email", unique=True), MYSQL_TABLE)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
+    # Optional; unique when set (stored lower-case).
+    email: Mapped[str | None] = mapped_column(String(254), default=None)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -49,6 +51,8 @@ class Camera(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
+    # The seed schema's owner of the camera (the integrator's customer); `vendor` is the manufacturer.
+    company: Mapped[str] = mapped_column(String(128), default="", server_default="")
     vendor: Mapped[str] = mapped_column(String(128), default="")
     model: Mapped[str] = mapped_column(String(128), default="")
     serial_number: Mapped[str] = mapped_column(String(128), default="")

@@ -10,8 +10,15 @@ from tests.control.conftest import PASSWORD, Api, FakePublisher
 
 async def test_create_get_update_delete(api: Api, admin: str) -> None:
     camera = await api.camera(
-        admin, name="Gate", vendor="Axis", model="P1448", serial_number="ACCC8E000001", location="north"
+        admin,
+        name="Gate",
+        company="Acme Security",
+        vendor="Axis",
+        model="P1448",
+        serial_number="ACCC8E000001",
+        location="north",
     )
+    assert camera["company"] == "Acme Security"
     assert camera["status"] == "offline" and camera["enabled"] and not camera["recording_enabled"]
     assert camera["private"] is True and camera["live"] is False and camera["bitrate_bps"] == 0
     assert len(camera["stream_key"]) >= 32
@@ -25,13 +32,15 @@ async def test_create_get_update_delete(api: Api, admin: str) -> None:
     )
     assert status == 200 and updated["location"] == "south" and updated["recording_enabled"]
     assert updated["vendor"] == "Axis" and updated["updated_at"] >= camera["updated_at"]
+    status, moved = await api.call("PUT", f"/cameras/{camera['id']}", admin, json={"company": "Other Ltd"})
+    assert status == 200 and moved["company"] == "Other Ltd"
     assert (await api.call("DELETE", f"/cameras/{camera['id']}", admin))[0] == 204
     status, body = await api.call("GET", f"/cameras/{camera['id']}", admin)
     assert status == 404 and body["error"]["code"] == "camera_not_found"
     assert (await api.call("DELETE", f"/cameras/{camera['id']}", admin))[0] == 404
     assert (await api.call("GET", "/cameras/not-an-id", admin))[0] == 404
     actions = [e["action"] for e in await api.audit(admin, resource_id=camera["id"])]
-    assert actions == ["camera.delete", "camera.update", "camera.create"]
+    assert actions == ["camera.delete", "camera.update", "camera.update", "camera.create"]
 
 
 async def test_validation(api: Api, admin: str) -> None:

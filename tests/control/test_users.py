@@ -101,3 +101,29 @@ def test_cli_user_create_and_camera_add(tmp_path: Path) -> None:
     assert added.returncode == 0, added.stderr
     url = next(line for line in added.stdout.splitlines() if line.startswith("publish URL: "))
     assert url.startswith("publish URL: rtmp://127.0.0.1:1999/live/")
+
+
+async def test_email(api: Api, admin: str) -> None:
+    status, user = await api.call(
+        "POST", "/users", admin, json={"username": "mail", "password": PASSWORD, "email": "Mail.User@Example.COM"}
+    )
+    assert status == 201 and user["email"] == "mail.user@example.com"
+    # Unique whatever the case; a malformed address is a 422 that names the field.
+    status, body = await api.call(
+        "POST", "/users", admin, json={"username": "other", "password": PASSWORD, "email": "MAIL.user@example.com"}
+    )
+    assert status == 409 and body["error"]["code"] == "email_taken"
+    status, body = await api.call(
+        "POST", "/users", admin, json={"username": "other", "password": PASSWORD, "email": "x@"}
+    )
+    assert status == 422 and "email" in str(body["error"])
+    status, other = await api.call("POST", "/users", admin, json={"username": "other", "password": PASSWORD})
+    assert status == 201 and other["email"] is None
+    status, body = await api.call("PUT", f"/users/{other['id']}", admin, json={"email": "mail.user@example.com"})
+    assert status == 409
+    status, changed = await api.call("PUT", f"/users/{other['id']}", admin, json={"email": "o@example.org"})
+    assert status == 200 and changed["email"] == "o@example.org"
+    status, cleared = await api.call("PUT", f"/users/{other['id']}", admin, json={"email": ""})
+    assert status == 200 and cleared["email"] is None
+    # Two users without an address do not collide.
+    assert (await api.call("POST", "/users", admin, json={"username": "third", "password": PASSWORD}))[0] == 201
