@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from control.api.base import CAMERA_ID
 from control.audit import SYSTEM, Audit
+from control.events import EventBus, EventName
 from control.ordered import OrderedWorker
 from control.store import Camera, Store
 from control.store.types import utcnow
@@ -32,6 +33,8 @@ class CameraLiveTracker:
             self._apply_event, "camera_status", every=refresh_interval, on_quiet=self._refresh
         )
         self._attached = False
+        # Status changes are told to the dashboards (set by the control plane).
+        self.events: EventBus | None = None
 
     def start(self) -> None:
         if not self._attached:
@@ -61,9 +64,10 @@ class CameraLiveTracker:
         status = "online" if online else "offline"
         now = utcnow()
         async with self._store.sessions.begin() as session:
-            previous = await session.scalar(select(Camera.status).where(Camera.id == camera_id))
-            if previous is None:
+            row = (await session.execute(select(Camera.status, Camera.enabled).where(Camera.id == camera_id))).first()
+            if row is None:
                 return
+            previous = row.status
             await session.execute(
                 update(Camera)
                 .where(Camera.id == camera_id)
@@ -74,6 +78,14 @@ class CameraLiveTracker:
                     session, f"camera.{status}", SYSTEM, "camera", camera_id, details={"peer": peer, "from": previous}
                 )
         log.info("event=camera_%s camera=%s peer=%s", status, camera_id, peer)
+        if self.events is not None and previous != status:
+            data = {
+                "status": status,
+                "previous": previous,
+                "enabled": row.enabled,
+                "bitrate_bps": bitrate if online else 0,
+            }
+            self.events.publish(EventName.CAMERA_STATUS, data, camera_id)
 
     async def _refresh(self) -> None:
         live = [s for s in self._hub.list() if s.app == self._app and CAMERA_ID.match(s.name)]

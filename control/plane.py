@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import secrets
+import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select, update
 
+from control.alerts import AlertEngine
+from control.analytics import CameraSampler
+from control.api import analytics as analytics_api
 from control.api import audit as audit_api
 from control.api import auth as auth_api
 from control.api import cameras as cameras_api
@@ -27,6 +32,10 @@ from control.api.authn import authenticate, bearer
 from control.api.base import ApiError, ApiRoute, Handler, QueryTokenAuth
 from control.audit import SYSTEM, Audit
 from control.authorizer import DatabaseAuthorizer
+from control.events import EventBus, EventName
+from control.events.redis import RedisRelay
+from control.events.streams import StreamEvents
+from control.figures import FiguresCollector, LiveFigures
 from control.live import CameraLiveTracker
 from control.middleware import cors, security_headers
 from control.pulled import PullControl, PulledCameras
@@ -37,6 +46,8 @@ from control.recording_tiers import CopyTarget, RecordingTiers
 from control.security import PasswordHasher, TokenService, load_or_create_secret
 from control.services import PRINCIPAL, SERVICES, RecorderControl, RecordingAccess, Services
 from control.store import Camera, Store, User
+from control.websocket import WS_PATH, WebSocketGateway
+from mediaserver.background import BackgroundTask
 from mediaserver.config import Config, ConfigError
 from mediaserver.hub import HubView
 from mediaserver.recording.indexes import IndexCache
@@ -61,6 +72,7 @@ def all_routes() -> list[ApiRoute]:
         tokens_api,
         audit_api,
         system_api,
+        analytics_api,
         openapi_api,
     )
     return [route for module in tables for route in module.routes.routes]
@@ -175,6 +187,52 @@ class ControlPlane:
         self.recording_index = RecordingIndex(self.store, Path(config.recording_root()), config.api.publish_app)
         self.stats_gate = ApiStatsGate(self.services)
         self.routes = all_routes()
+        self._build_events(registry)
+
+    def _build_events(self, registry: CollectorRegistry | None) -> None:
+        """The event bus and what hangs off it: sources, the WebSocket gateway, alerts, figures, samples."""
+        config = self.config
+        events = config.events
+        node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.events = EventBus(node_id, events.replay_events, events.replay_seconds, registry)
+        self.relay = (
+            RedisRelay(self.events, config.redis.url, config.redis.key_prefix, registry) if config.redis.url else None
+        )
+        self.services.events = self.live.events = self.pulled.events = self.recording_index.events = self.events
+        self.stream_events = StreamEvents(self.events, config.api.publish_app)
+        self.alerts = AlertEngine(
+            config.alerts,
+            self.events,
+            self.hub,
+            config.api.publish_app,
+            config.recording.min_free_percent if config.recording.enabled else 0.0,
+            registry,
+        )
+        self.recording_index.on_alert = self.alerts.recorder_alert
+        self.figures = LiveFigures(self.store, self.hub, config.api.publish_app, registry, self.alerts.open_alerts)
+        self.services.figures = self.figures
+        if registry is not None:
+            registry.register(FiguresCollector(self.figures))
+        self.sampler = CameraSampler(self.store, self.hub, config.api.publish_app, config.analytics, self.figures)
+        self.websocket = WebSocketGateway(self.services, self.events, events, registry)
+        self._tasks = [
+            BackgroundTask.every(events.dashboard_interval, self._dashboard_tick, "dashboard_update"),
+            BackgroundTask.every(config.alerts.interval, self.alerts.tick, "alerts"),
+        ]
+        if config.analytics.sample_interval > 0:
+            self._tasks.append(BackgroundTask.every(config.analytics.sample_interval, self._sample_tick, "samples"))
+
+    async def _dashboard_tick(self) -> None:
+        figures = await self.figures.compute()
+        self.events.publish(EventName.DASHBOARD_UPDATE, figures.body)
+
+    async def _sample_tick(self) -> None:
+        await self.sampler.sample()
+
+    def attach_loop_lag(self, lag: Callable[[], tuple[float, float]]) -> None:
+        """The composition root hands over the event loop's lag (last, max since the previous call)."""
+        self.services.loop_lag = lag
+        self.alerts.loop_lag = lambda: lag()[0]
 
     def install(self, app: web.Application) -> None:
         from control.api.openapi import OPENAPI_KEY, build_openapi
@@ -186,6 +244,7 @@ class ControlPlane:
             self.snapshots.register_metrics(app[METRICS_KEY].registry)
         for route in self.routes:
             app.router.add_route(route.method, route.full_path, guarded(route, self.services))
+        app.router.add_get(WS_PATH, self.websocket.handle)
         app.middlewares.insert(0, security_headers)
         if self.config.api.cors_origins:
             app.middlewares.insert(1, cors(self.config.api.cors_origins))
@@ -210,6 +269,10 @@ class ControlPlane:
             # One node owns the embedded database: cameras marked online by a previous run are not.
             async with self.store.sessions.begin() as session:
                 await session.execute(update(Camera).where(Camera.status == "online").values(status="offline"))
+        self.hub.listen(self.stream_events.on_hub_event)
+        if self.relay is not None:
+            self.relay.start()
+        self.websocket.start()
         self.live.start()
         self.pulled.start()
         if self.config.recording.enabled:
@@ -217,6 +280,8 @@ class ControlPlane:
             await self.recording_index.reconcile()
         self.recording_index.start()
         await self.recording_tiers.start()
+        for task in self._tasks:
+            task.start()
         log.info(
             "event=control_plane_started database=%s publish_mode=%s",
             self.store.safe_url,
@@ -246,6 +311,11 @@ class ControlPlane:
         log.info("event=admin_created username=%s source=environment", username)
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            await task.stop()
+        await self.websocket.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         self.snapshots.close()
         await self.pulled.stop()
         await self.live.stop()

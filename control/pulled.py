@@ -15,6 +15,7 @@ from typing import Protocol
 from sqlalchemy import select, update
 
 from control.audit import SYSTEM, Audit
+from control.events import EventBus, EventName
 from control.ordered import OrderedWorker
 from control.store import Camera, Store
 
@@ -41,6 +42,7 @@ class PulledCameras:
         self._audit = audit
         self.pull: PullControl | None = None
         self._pulled: set[str] = set()
+        self.events: EventBus | None = None
         self._worker: OrderedWorker[None] = OrderedWorker(
             self._sync, "pulled_cameras", every=check_interval, on_quiet=self._mark_failing
         )
@@ -95,7 +97,9 @@ class PulledCameras:
         async with self._store.sessions.begin() as session:
             rows = (
                 await session.execute(
-                    select(Camera.id, Camera.status).where(Camera.id.in_(failing), Camera.status != "error")
+                    select(Camera.id, Camera.status, Camera.enabled).where(
+                        Camera.id.in_(failing), Camera.status != "error"
+                    )
                 )
             ).all()
             for row in rows:
@@ -103,3 +107,14 @@ class PulledCameras:
                 if self._audit is not None:
                     self._audit.add(session, "camera.error", SYSTEM, "camera", row.id, details={"from": row.status})
                 log.warning("event=camera_error camera=%s reason=source_failing", row.id)
+        if self.events is not None:
+            for row in rows:
+                source = pull.get(self._app, row.id)
+                data = {
+                    "status": "error",
+                    "previous": row.status,
+                    "enabled": row.enabled,
+                    "bitrate_bps": 0,
+                    "error": source.last_error if source is not None else "",
+                }
+                self.events.publish(EventName.CAMERA_STATUS, data, row.id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 
 from control.api.base import CAMERA_ID
+from control.events import EventBus, EventName
 from control.ordered import OrderedWorker
+from control.rbac import Permission
 from control.store import Camera, Recording, Store
 from mediaserver.recording import repair
 from mediaserver.recording.recorder import RecordingFile
@@ -60,6 +63,9 @@ class RecordingIndex:
         # Relative path -> row id of the files this process opened.
         self._rows: dict[str, int] = {}
         self.alerts: list[tuple[str, str, str]] = []
+        # Files opened and closed are told to the dashboards, overflows to the alerts (set by the control plane).
+        self.events: EventBus | None = None
+        self.on_alert: Callable[[str, str, str], None] | None = None
 
     # ----- RecordingSink (event loop, must not block) ------------------------------------------------------
 
@@ -83,6 +89,8 @@ class RecordingIndex:
     def alert(self, app: str, name: str, reason: str, detail: str) -> None:
         log.warning("event=recording_alert stream=%s/%s reason=%s detail=%s", app, name, reason, detail)
         self.alerts = [*self.alerts[-99:], (f"{app}/{name}", reason, detail)]
+        if self.on_alert is not None:
+            self.on_alert(app, name, reason)
 
     # ----- worker --------------------------------------------------------------------------------------------
 
@@ -118,6 +126,9 @@ class RecordingIndex:
                 session.add(row)
                 await session.flush()
                 self._rows[file.path] = row.id
+            if self.events is not None:
+                data = {"recording_id": row.id, "path": file.path, "start": _utc(file.started_at)}
+                self.events.publish(EventName.RECORDING_STARTED, data, camera_id, Permission.RECORDINGS_READ)
             return
         row_id = self._rows.get(file.path)
         if row_id is None:
@@ -132,6 +143,15 @@ class RecordingIndex:
             self._rows.pop(file.path, None)
         async with self._store.sessions.begin() as session:
             await session.execute(update(Recording).where(Recording.id == row_id).values(**values))
+        if kind == "closed" and self.events is not None:
+            data = {
+                "recording_id": row_id,
+                "start": _utc(file.started_at),
+                "end": _utc(file.ended_at),
+                "bytes": file.size,
+                "duration_seconds": round(file.duration, 3),
+            }
+            self.events.publish(EventName.RECORDING_CLOSED, data, camera_id, Permission.RECORDINGS_READ)
 
     # ----- start-up ------------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +22,8 @@ from mediaserver.snapshot import Snapshotter
 
 if TYPE_CHECKING:
     from control.authorizer import DatabaseAuthorizer
+    from control.events import EventBus
+    from control.figures import LiveFigures
     from control.pulled import PulledCameras
 
 
@@ -73,6 +76,11 @@ class Services:
     started_at: float = field(default_factory=time.time)
     # Cameras pulled from their source_url (set by the control plane once it is built).
     pulled: PulledCameras | None = None
+    # The event bus (WebSocket clients, other nodes); None only in parts of the plane built alone.
+    events: EventBus | None = None
+    # The dashboard's figures, and the event loop's lag (last, max since the previous call) from the data plane.
+    figures: LiveFigures | None = None
+    loop_lag: Callable[[], tuple[float, float]] | None = None
 
 
 SERVICES = web.AppKey("control_services", Services)

@@ -95,6 +95,8 @@ class MediaServer:
                 self.control.attach_recorder(self.recorder)
             self.hub.listen(self.recorder.on_hub_event)
         self.loop_lag = LoopLagMonitor(self.metrics.registry)
+        if self.control is not None:
+            self.control.attach_loop_lag(self.loop_lag.recent)
         self.webrtc: WebrtcService | None = None
         if config.webrtc.enabled:
             self.webrtc = WebrtcService(

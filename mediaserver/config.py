@@ -260,6 +260,50 @@ class RecordingConfig:
 
 
 @dataclass(slots=True)
+class EventsConfig:
+    # The event bus (in process; through Redis pub/sub when redis.url is set) and the WebSocket /api/v1/ws.
+    # A reconnecting client resumes from the last event id it saw within this window (events and seconds).
+    replay_events: int = 2000
+    replay_seconds: float = 120.0
+    ws_max_clients: int = 5000
+    # Events waiting for one client; a client further behind is dropped (close code 1013), never buffered.
+    ws_queue_events: int = 1000
+    # Larger client messages get an error, and the connection is closed on the second one.
+    ws_max_message_bytes: int = 4096
+    # Seconds between WebSocket pings; a client that does not answer within that time is closed.
+    ws_heartbeat: float = 20.0
+    # Seconds a connection may take to send its auth message (when the token is not in the URL).
+    ws_auth_timeout: float = 5.0
+    # Events are written to clients at most this often (seconds): one write per client per tick.
+    ws_flush_interval: float = 0.02
+    # Seconds between dashboard-update events (and the figures GET /analytics/dashboard answers with).
+    dashboard_interval: float = 5.0
+
+
+@dataclass(slots=True)
+class AnalyticsConfig:
+    # Seconds between samples of every live camera (bitrate, fps, viewers) kept in the database; 0: none.
+    sample_interval: float = 60.0
+    # Days samples are kept.
+    retention_days: float = 30.0
+
+
+@dataclass(slots=True)
+class AlertsConfig:
+    # A camera that is enabled and stays offline (or in error) this many seconds raises camera-offline.
+    offline_after: float = 60.0
+    # This many status changes within flapping_window seconds raise camera-flapping.
+    flapping_changes: int = 6
+    flapping_window: float = 300.0
+    # A live stream whose bitrate falls below this fraction of its own average raises bitrate-collapse.
+    bitrate_collapse_ratio: float = 0.2
+    # Event-loop lag (seconds) above which loop-lag is raised.
+    loop_lag_seconds: float = 0.25
+    # Seconds between two evaluations.
+    interval: float = 5.0
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
@@ -276,6 +320,9 @@ class Config:
     webrtc: WebrtcConfig = field(default_factory=WebrtcConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     pull: PullConfig = field(default_factory=PullConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def recording_root(self) -> str:
         return self.recording.root or str(Path(self.server.data_dir) / "recordings")

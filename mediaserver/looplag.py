@@ -48,6 +48,10 @@ class LoopLagMonitor(Collector):
             if lag > self.max_since_scrape:
                 self.max_since_scrape = lag
 
+    def recent(self) -> tuple[float, float]:
+        """The last sample and the worst since the previous scrape (without resetting it, unlike a scrape)."""
+        return self.last, self.max_since_scrape
+
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily(
             "mediaserver_event_loop_lag_seconds",

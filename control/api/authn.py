@@ -36,6 +36,11 @@ async def authenticate(request: web.Request, svc: Services) -> Principal:
     credentials = bearer(request)
     if credentials is None:
         raise unauthorized("unauthorized", "send Authorization: Bearer <access token or API token>")
+    return await authenticate_credentials(request, svc, credentials)
+
+
+async def authenticate_credentials(request: web.Request, svc: Services, credentials: str) -> Principal:
+    """An access token or API token given some other way than the header (a WebSocket's first message)."""
     if len(credentials) > 4096:
         raise unauthorized("invalid_token", "the token is not valid")
     if credentials.startswith(API_TOKEN_PREFIX):

@@ -23,6 +23,7 @@ from control.api.schemas import (
 )
 from control.api.validated import body, query
 from control.audit import Actor
+from control.events import EventName
 from control.rbac import Permission
 from control.security import new_id, new_stream_key
 from control.services import Services, actor, principal, services
@@ -48,11 +49,22 @@ def publish_url(svc: Services, host: str, stream_key: str) -> str:
     return publish_url_for(svc.config, host, stream_key)
 
 
-def cameras_changed(svc: Services) -> None:
-    """After any change to cameras: keys may have changed (the authorizer's cache) and so may pulled sources."""
+# What only callers with cameras:write see; events (heard by every role) leave them out.
+KEY_FIELDS = {"stream_key", "publish_url", "source_url"}
+
+
+def cameras_changed(svc: Services, updated: Sequence[Any] = (), deleted: Sequence[str] = ()) -> None:
+    """After any change to cameras: keys may have changed (the authorizer's cache) and so may pulled sources;
+    the dashboards hear of it (camera-updated without keys or source credentials, camera-deleted)."""
     svc.authorizer.invalidate()
     if svc.pulled is not None:
         svc.pulled.changed()
+    if svc.events is not None:
+        for camera in updated:
+            view = camera_view(svc, camera, None, False).model_dump(mode="json", exclude=KEY_FIELDS)
+            svc.events.publish(EventName.CAMERA_UPDATED, {"camera": view}, camera.id)
+        for camera_id in deleted:
+            svc.events.publish(EventName.CAMERA_DELETED, {}, camera_id)
 
 
 def camera_view(svc: Services, camera: Any, request: web.Request | None, with_key: bool) -> CameraOut:
@@ -158,7 +170,7 @@ async def post_camera(request: web.Request) -> web.StreamResponse:
     req = await body(request, CameraCreate)
     async with svc.store.sessions.begin() as session:
         camera = await add_camera(svc, session, req, actor(request))
-    cameras_changed(svc)
+    cameras_changed(svc, [camera])
     return send(camera_view(svc, camera, request, True), 201)
 
 
@@ -177,7 +189,7 @@ async def bulk_cameras(request: web.Request) -> web.StreamResponse:
     if isinstance(req, BulkCreate):
         async with svc.store.sessions.begin() as session:
             created = [await add_camera(svc, session, item, who) for item in req.items]
-        cameras_changed(svc)
+        cameras_changed(svc, created)
         items = [camera_view(svc, c, request, True) for c in created]
         return send(BulkResult(action="create", affected=len(items), items=items))
     ids = list(dict.fromkeys(req.ids))
@@ -191,7 +203,10 @@ async def bulk_cameras(request: web.Request) -> web.StreamResponse:
             )
         for camera_id in found:
             svc.audit.add(session, f"camera.{req.action}", who, "camera", camera_id, details={"bulk": True})
-    cameras_changed(svc)
+        changed = (
+            [] if req.action == "delete" else list(await session.scalars(select(Camera).where(Camera.id.in_(found))))
+        )
+    cameras_changed(svc, changed, found if req.action == "delete" else ())
     if req.action in ("delete", "disable"):
         kick(svc, found, f"camera_{req.action}d")
     missing = [i for i in ids if i not in set(found)]
@@ -240,7 +255,7 @@ async def put_camera(request: web.Request) -> web.StreamResponse:
             elif changed.get("enabled") is True:
                 action = "camera.enable"
             svc.audit.add(session, action, actor(request), "camera", camera.id, details={"changed": sorted(changed)})
-    cameras_changed(svc)
+    cameras_changed(svc, [camera] if changed else [])
     if changed.get("enabled") is False:
         kick(svc, [camera.id], "camera_disabled")
     return send(camera_view(svc, camera, request, True))
@@ -263,7 +278,7 @@ async def delete_camera(request: web.Request) -> web.StreamResponse:
             raise not_found("camera")
         await session.delete(camera)
         svc.audit.add(session, "camera.delete", actor(request), "camera", camera_id, details={"name": camera.name})
-    cameras_changed(svc)
+    cameras_changed(svc, deleted=[camera_id])
     kick(svc, [camera_id], "camera_deleted")
     return web.Response(status=204)
 
@@ -278,17 +293,40 @@ async def delete_camera(request: web.Request) -> web.StreamResponse:
 )
 async def rotate_key(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    camera_id = path_camera_id(request)
+    camera = await rotate_camera_key(svc, path_camera_id(request), actor(request))
+    return send(camera_view(svc, camera, request, True))
+
+
+async def rotate_camera_key(svc: Services, camera_id: str, who: Actor) -> Camera:
+    """A new stream key (audited); the old one stops working and its publisher is disconnected."""
     async with svc.store.sessions.begin() as session:
         camera = await session.get(Camera, camera_id, with_for_update=True)
         if camera is None:
             raise not_found("camera")
         camera.stream_key = new_stream_key()
         camera.updated_at = utcnow()
-        svc.audit.add(session, "camera.rotate_key", actor(request), "camera", camera.id)
-    cameras_changed(svc)
+        svc.audit.add(session, "camera.rotate_key", who, "camera", camera.id)
+    cameras_changed(svc, [camera])
     kick(svc, [camera.id], "stream_key_rotated")
-    return send(camera_view(svc, camera, request, True))
+    return camera
+
+
+async def set_camera_enabled(svc: Services, camera_id: str, enabled: bool, who: Actor) -> Camera:
+    """Enable or disable one camera (audited when it changes); disabling disconnects its publisher."""
+    async with svc.store.sessions.begin() as session:
+        camera = await session.get(Camera, camera_id, with_for_update=True)
+        if camera is None:
+            raise not_found("camera")
+        changed = camera.enabled != enabled
+        if changed:
+            camera.enabled = enabled
+            camera.updated_at = utcnow()
+            action = "camera.enable" if enabled else "camera.disable"
+            svc.audit.add(session, action, who, "camera", camera.id, details={"changed": ["enabled"]})
+    cameras_changed(svc, [camera] if changed else [])
+    if not enabled:
+        kick(svc, [camera.id], "camera_disabled")
+    return camera
 
 
 @routes.route(

@@ -48,6 +48,7 @@ from control.api.recording_support import (
     unavailable,
 )
 from control.api.validated import body, query
+from control.audit import Actor
 from control.middleware import API_HEADERS
 from control.rbac import Permission
 from control.services import Services, actor, principal, services
@@ -345,13 +346,20 @@ async def set_recording(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     camera_id = path_camera_id(request)
     req = await body(request, RecordingAction)
+    recording = await switch_recording(svc, camera_id, req.action == "start", actor(request))
+    return send(RecordingStateOut(camera_id=camera_id, recording=recording))
+
+
+async def switch_recording(svc: Services, camera_id: str, on: bool, who: Actor) -> bool:
+    """Start or stop recording a camera by hand (audited); whether it records now."""
     await require_camera(svc, camera_id)
     recorder = svc.recordings.recorder
     if recorder is None:
         raise ApiError(409, "recorder_unavailable", "this server does not record (recording.enabled is off)")
     app = svc.config.api.publish_app
-    changed = recorder.set_recording(app, camera_id, req.action == "start")
+    changed = recorder.set_recording(app, camera_id, on)
+    action = "start" if on else "stop"
     await svc.audit.record(
-        f"recording.{req.action}", actor(request), "camera", camera_id, details={"manual": True, "changed": changed}
+        f"recording.{action}", who, "camera", camera_id, details={"manual": True, "changed": changed}
     )
-    return send(RecordingStateOut(camera_id=camera_id, recording=recorder.is_recording(app, camera_id)))
+    return recorder.is_recording(app, camera_id)

@@ -17,7 +17,7 @@ from control.store import Camera
 routes = RouteTable("system")
 
 
-def _version() -> str:
+def server_version() -> str:
     try:
         return metadata.version("mediaserver")
     except metadata.PackageNotFoundError:
@@ -34,7 +34,7 @@ async def system_info(request: web.Request) -> web.StreamResponse:
         online = await session.scalar(select(func.count()).select_from(Camera).where(Camera.status == "online"))
     return send(
         SystemOut(
-            version=_version(),
+            version=server_version(),
             uptime_seconds=round(time.time() - svc.started_at, 3),
             database=svc.store.backend,
             publish_mode=svc.config.auth.publish_mode,

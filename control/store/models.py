@@ -96,6 +96,24 @@ class Recording(Base):
     instance: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
+class CameraSample(Base):
+    """A live camera's figures at one moment (analytics); a camera without a sample in an interval was offline."""
+
+    __tablename__ = "camera_samples"
+    __table_args__ = (
+        Index("ix_camera_samples_camera_at", "camera_id", "at"),
+        Index("ix_camera_samples_at", "at"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(String(32), ForeignKey("cameras.id", ondelete="CASCADE"))
+    at: Mapped[datetime]
+    bitrate_bps: Mapped[int] = mapped_column(BigInteger)
+    fps: Mapped[float | None] = mapped_column(Float, default=None)
+    viewers: Mapped[int] = mapped_column(default=0)
+
+
 class ApiToken(Base):
     __tablename__ = "api_tokens"
     __table_args__ = (Index("ix_api_tokens_user_id", "user_id"), MYSQL_TABLE)

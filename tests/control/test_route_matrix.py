@@ -25,6 +25,8 @@ PUBLIC = "public"  # anyone: health, metrics, pages, CORS preflights, the public
 PLAY = "play"  # the authorizer's play decision (a play token for a private camera), never an API token
 PUBLISH = "publish"  # the authorizer's publish decision (a camera's stream key)
 SESSION = "session"  # addressed by an unguessable session id: an unknown id is 404 for everyone
+# The WebSocket authenticates after the upgrade (tests/control/test_websocket.py); a plain GET is a 400 for all.
+WEBSOCKET = "websocket"
 DATA_PLANE: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
@@ -48,6 +50,7 @@ DATA_PLANE: dict[tuple[str, str], str] = {
     ("GET", "/play/{app}/{name}"): PUBLIC,
     ("GET", "/webrtc/{app}/{name}"): PUBLIC,
     ("GET", "/static"): PUBLIC,
+    ("GET", "/api/v1/ws"): WEBSOCKET,
 }
 # Control-plane routes whose access is pinned here as well as declared (a changed declaration fails the test):
 # recording thumbnails are read like coverage, by whoever may read recordings.
@@ -118,6 +121,8 @@ def expected_status_ok(access: str, role: Role | None, status: int) -> bool:
         return status == 403
     if access == SESSION:
         return status == 404
+    if access == WEBSOCKET:
+        return status == 400
     if role is None:
         return status == 401
     if access == "authenticated":
