@@ -17,9 +17,10 @@ NO_CACHE = "no-cache"
 VENDOR_CACHE = "public, max-age=31536000, immutable"
 STATIC_PREFIX = "/static"
 # The pages run only our own scripts; hls.js starts its transmuxer worker from a blob: URL and feeds the
-# video element through MediaSource (blob: media URLs).
+# video element through MediaSource (blob: media URLs). The dashboard shows snapshots and thumbnails, fetched
+# with the bearer header, through object URLs (img-src blob:); its WebSocket is same-origin ('self').
 PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'self'"
 )
