@@ -42,6 +42,7 @@ class PulledCameras:
         self._audit = audit
         self.pull: PullControl | None = None
         self._pulled: set[str] = set()
+        self._sync_queued = False
         self.events: EventBus | None = None
         self._worker: OrderedWorker[None] = OrderedWorker(
             self._sync, "pulled_cameras", every=check_interval, on_quiet=self._mark_failing
@@ -55,8 +56,10 @@ class PulledCameras:
         await self._worker.stop()
 
     def changed(self) -> None:
-        """Some camera changed: bring the pulled sources in line (soon, in order)."""
-        if self.pull is not None:
+        """Some camera changed: bring the pulled sources in line (soon, in order). One pass covers every
+        change made before it starts, so a burst of changes queues one pass, not one each."""
+        if self.pull is not None and not self._sync_queued:
+            self._sync_queued = True
             self._worker.put(None)
 
     async def idle(self) -> None:
@@ -66,6 +69,7 @@ class PulledCameras:
         return self.pull.get(self._app, camera_id) if self.pull is not None else None
 
     async def _sync(self, _: None) -> None:
+        self._sync_queued = False
         pull = self.pull
         if pull is None:
             return

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,12 +60,17 @@ class Client:
     # Events chosen for this client since the last tick, then messages waiting to be written with the number
     # of events each carries (the backlog is their sum).
     pending: list[Event] = field(default_factory=list)
-    outbox: list[tuple[str, int]] = field(default_factory=list)
+    outbox: deque[tuple[str, int]] = field(default_factory=deque)
     backlog: int = 0
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     strikes: int = 0
     closing: bool = False
     transport: asyncio.Transport | None = None
+    # Bytes the socket's send buffer may hold before a write would have to wait for the client.
+    high_water: int = 65536
+    # The client's own writer task, only while it is behind (its socket buffer full) or a reply is going out.
+    writer: asyncio.Task[None] | None = None
+    # The close the server started (dropped: slow, strikes, auth), which the handler waits for.
+    closer: asyncio.Task[None] | None = None
 
     def sees(self, event: Event) -> bool:
         return event.permission in self.who.permissions and in_rooms(self.rooms, event)
@@ -126,6 +132,7 @@ class WebSocketGateway:
         self._flush_handle = None
         # Clients that chose the same events share one encoded batch.
         batches: dict[tuple[int, ...], str] = {}
+        ready: list[Client] = []
         for client in self._clients:
             events = client.pending
             if not events:
@@ -143,7 +150,40 @@ class WebSocketGateway:
                 client.outbox.append((message, len(events)))
             else:
                 client.outbox.extend((e.wire(), 1) for e in events)
-            client.wake.set()
+            ready.append(client)
+        if ready:
+            asyncio.get_running_loop().create_task(self._write_ready(ready))
+
+    async def _write_ready(self, clients: list[Client]) -> None:
+        """One task per tick writes to every client whose socket takes the bytes now: those writes complete
+        without waiting, so a thousand clients cost a thousand writes, not a thousand task switches."""
+        sent = 0
+        for client in clients:
+            if client.writer is None and not client.closing:
+                sent += await self._write_inline(client)
+        self._sent.inc(sent)
+
+    async def _write_inline(self, client: Client) -> int:
+        transport = client.transport
+        sent = 0
+        try:
+            while client.outbox and not client.closing:
+                message, events = client.outbox[0]
+                if transport is None or transport.get_write_buffer_size() + len(message) + 16 > client.high_water:
+                    # This write could wait for the client: its own task waits, nobody else does.
+                    self._start_writer(client)
+                    break
+                client.outbox.popleft()
+                await client.ws.send_str(message)
+                client.backlog -= events
+                sent += 1
+        except ConnectionError:
+            client.closing = True
+        return sent
+
+    def _start_writer(self, client: Client) -> None:
+        if client.writer is None and not client.closing:
+            client.writer = asyncio.get_running_loop().create_task(self._writer(client))
 
     def _drop(self, client: Client, reason: str, code: int, message: str) -> None:
         if client.closing:
@@ -152,11 +192,10 @@ class WebSocketGateway:
         self._dropped.labels(reason).inc()
         log.info("event=ws_dropped reason=%s user=%s peer=%s", reason, client.who.username, client.ip)
         client.outbox.clear()
-        client.wake.set()
         # No more events for it; the handler's own clean-up runs once the connection is gone.
         self._clients.discard(client)
         self._clients_gauge.set(len(self._clients))
-        asyncio.get_running_loop().create_task(self._close(client, code, message))
+        client.closer = asyncio.get_running_loop().create_task(self._close(client, code, message))
 
     async def _close(self, client: Client, code: int, message: str) -> None:
         """A polite close, and the socket cut if the client does not take it (its buffers are full)."""
@@ -168,17 +207,18 @@ class WebSocketGateway:
                 client.transport.abort()
 
     async def _writer(self, client: Client) -> None:
+        """A client's own writer: drains its outbox, waiting for its socket as long as needed, then ends."""
         ws = client.ws
-        while not client.closing and not ws.closed:
-            await client.wake.wait()
-            client.wake.clear()
-            messages, client.outbox = client.outbox, []
-            for message, events in messages:
-                if client.closing or ws.closed:
-                    return
+        try:
+            while client.outbox and not client.closing and not ws.closed:
+                message, events = client.outbox.popleft()
                 await ws.send_str(message)
                 client.backlog -= events
-            self._sent.inc(len(messages))
+                self._sent.inc()
+        except ConnectionError:
+            client.closing = True
+        finally:
+            client.writer = None
 
     # ----- one connection --------------------------------------------------------------------------------------
 
@@ -204,9 +244,10 @@ class WebSocketGateway:
         batch = request.query.get("batch", "") in ("1", "true")
         client = Client(ws, who, token, ip, batch)
         client.transport = request.transport
+        if client.transport is not None:
+            client.high_water = client.transport.get_write_buffer_limits()[1] or client.high_water
         self._clients.add(client)
         self._clients_gauge.set(len(self._clients))
-        writer = asyncio.create_task(self._writer(client))
         log.info("event=ws_connected user=%s peer=%s", who.username, ip)
         try:
             await self._send_now(
@@ -229,12 +270,15 @@ class WebSocketGateway:
                     break
         finally:
             client.closing = True
-            client.wake.set()
             self._clients.discard(client)
             self._clients_gauge.set(len(self._clients))
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await writer
+            writer = client.writer
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await writer
+            if client.closer is not None:
+                await client.closer
             log.info("event=ws_closed user=%s peer=%s code=%s", who.username, ip, ws.close_code)
         return ws
 
@@ -260,7 +304,7 @@ class WebSocketGateway:
     async def _send_now(self, client: Client, body: dict[str, Any]) -> None:
         """Replies go through the outbox too, so that they keep their place after earlier events."""
         client.outbox.append((dumps(body), 0))
-        client.wake.set()
+        self._start_writer(client)
 
     async def _strike(self, client: Client, code: str, message: str, close_code: int) -> None:
         client.strikes += 1
@@ -330,7 +374,7 @@ class WebSocketGateway:
             if event.permission in perms and in_rooms({room}, event) and not in_rooms(before, event):
                 client.outbox.append((event.wire(), 1))
                 client.backlog += 1
-        client.wake.set()
+        self._start_writer(client)
 
     async def _leave(self, request: web.Request, client: Client, message: dict[str, Any]) -> None:
         room = _room(message.get("room"))

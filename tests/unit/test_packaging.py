@@ -53,3 +53,4 @@ def test_an_installed_wheel_serves_the_pages_from_any_folder(tmp_path: Path) -> 
     web = Path(found[1])
     assert web == venv / "share" / "mediaserver" / "web"
     assert (web / "index.html").is_file() and (web / "vendor" / "hls.js" / "hls.min.js").is_file()
+    assert (web / "dashboard" / "app.js").is_file() and (web / "dashboard" / "dashboard.css").is_file()
