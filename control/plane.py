@@ -28,6 +28,7 @@ from control.api import system as system_api
 from control.api import thumbnails as thumbnails_api
 from control.api import tokens as tokens_api
 from control.api import users as users_api
+from control.api.authcache import AuthCache
 from control.api.authn import authenticate, bearer
 from control.api.base import ApiError, ApiRoute, Handler, QueryTokenAuth
 from control.audit import SYSTEM, Audit
@@ -180,6 +181,8 @@ class ControlPlane:
             self.snapshots,
             self.recordings,
         )
+        ttl = config.api.auth_cache_ttl
+        self.services.auth_cache, self.services.token_cache = AuthCache(ttl), AuthCache(ttl)
         self.live = CameraLiveTracker(self.store, self.audit, hub, config.api.publish_app)
         self.services.pulled = self.pulled = PulledCameras(self.store, config.api.publish_app, self.audit)
         # What the recorder asks (which cameras record) and tells (the files it writes).

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from control.api.authcache import AuthCache
 from control.audit import Actor, Audit
 from control.ratelimit import RateLimiter
 from control.rbac import Permission
@@ -74,6 +76,9 @@ class Services:
     snapshots: Snapshotter
     recordings: RecordingAccess
     started_at: float = field(default_factory=time.time)
+    # Who a credential belongs to, for api.auth_cache_ttl seconds (sessions; API tokens with expiry and allowlist).
+    auth_cache: AuthCache[Principal] = field(default_factory=lambda: AuthCache(0.0))
+    token_cache: AuthCache[tuple[Principal, datetime | None, list[str]]] = field(default_factory=lambda: AuthCache(0.0))
     # Cameras pulled from their source_url (set by the control plane once it is built).
     pulled: PulledCameras | None = None
     # The event bus (WebSocket clients, other nodes); None only in parts of the plane built alone.

@@ -170,6 +170,10 @@ class ApiConfig:
     rate_window: float = 60.0
     # Seconds a stream key lookup stays cached by the publish authorizer (changes made here invalidate at once).
     authorizer_cache_ttl: float = 30.0
+    # Seconds who a token belongs to (user, role, session not signed out) is remembered instead of read per
+    # request. Changes made through this node apply at once; changes made on another node or with the CLI
+    # within this time. 0: read the database on every request.
+    auth_cache_ttl: float = 1.0
 
 
 @dataclass(slots=True)

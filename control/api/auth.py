@@ -9,6 +9,7 @@ from aiohttp import web
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control.api.authcache import auth_changed
 from control.api.base import ApiError, RouteTable, send
 from control.api.schemas import LoginRequest, LogoutRequest, MeOut, OkOut, RefreshRequest, TokenPair
 from control.api.validated import body, optional_body
@@ -52,6 +53,7 @@ async def issue_pair(svc: Services, session: AsyncSession, user: User, family_id
 
 
 async def revoke_family(session: AsyncSession, family_id: str) -> None:
+    auth_changed(session)
     await session.execute(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
@@ -60,6 +62,7 @@ async def revoke_family(session: AsyncSession, family_id: str) -> None:
 
 
 async def revoke_user_sessions(session: AsyncSession, user_id: int) -> None:
+    auth_changed(session)
     await session.execute(
         update(RefreshToken)
         .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))

@@ -55,6 +55,9 @@ async def _session(svc: Services, credentials: str) -> Principal:
         code = str(exc)
         message = "the access token has expired" if code == "token_expired" else "the token is not valid"
         raise unauthorized(code, message) from exc
+    cached = svc.auth_cache.get(("session", claims.user_id, claims.session_id))
+    if cached is not None:
+        return cached
     # One round trip: the user as it is now, and whether this session was signed out.
     revoked = (
         exists()
@@ -68,8 +71,11 @@ async def _session(svc: Services, credentials: str) -> Principal:
         raise unauthorized("invalid_token", "the token is not valid")
     if user.revoked:
         raise unauthorized("token_revoked", "this session has been signed out")
-    # The role comes from the database, not the token: a demotion applies at once.
-    return Principal(user.id, user.username, user.role, permissions_for(user.role), None, claims.session_id)
+    # The role comes from the database, not the token: a demotion applies at once (here, and on other nodes
+    # within api.auth_cache_ttl).
+    who = Principal(user.id, user.username, user.role, permissions_for(user.role), None, claims.session_id)
+    svc.auth_cache.put(("session", claims.user_id, claims.session_id), who)
+    return who
 
 
 def _ip_allowed(allowlist: list[str], remote: str) -> bool:
@@ -91,6 +97,14 @@ def _ip_allowed(allowlist: list[str], remote: str) -> bool:
 async def _api_token(request: web.Request, svc: Services, credentials: str) -> Principal:
     digest = sha256_hex(credentials)
     now = utcnow()
+    cached = svc.token_cache.get(digest)
+    if cached is not None:
+        who, expires_at, allowlist = cached
+        if expires_at is not None and expires_at <= now:
+            raise unauthorized("token_expired", "this API token has expired")
+        if not _ip_allowed(allowlist, client_ip(request)):
+            raise ApiError(403, "ip_not_allowed", "this API token cannot be used from this address")
+        return who
     async with svc.store.reader() as session:
         row = (
             await session.execute(
@@ -111,4 +125,7 @@ async def _api_token(request: web.Request, svc: Services, credentials: str) -> P
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
         async with svc.store.sessions.begin() as session:
             await session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
-    return Principal(user.id, user.username, user.role, permissions_for(user.role, token.scopes), token.id, None)
+    who = Principal(user.id, user.username, user.role, permissions_for(user.role, token.scopes), token.id, None)
+    # last_used_at is written at most once per LAST_USED_GRANULARITY, which is longer than the cache's TTL.
+    svc.token_cache.put(digest, (who, token.expires_at, list(token.ip_allowlist or [])))
+    return who

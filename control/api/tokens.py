@@ -7,6 +7,7 @@ from datetime import timedelta
 from aiohttp import web
 from sqlalchemy import func, select
 
+from control.api.authcache import auth_changed
 from control.api.base import ApiError, RouteTable, not_found, path_int, send
 from control.api.schemas import TokenCreate, TokenCreated, TokenList, TokenOut, TokenQuery
 from control.api.validated import body, query
@@ -134,6 +135,7 @@ async def revoke_token(request: web.Request) -> web.StreamResponse:
         if token is None or (token.user_id != who.user_id and not who.can(Permission.USERS_MANAGE)):
             raise not_found("token")
         if token.revoked_at is None:
+            auth_changed(session)
             token.revoked_at = utcnow()
             svc.audit.add(session, "token.revoke", actor(request), "api_token", str(token.id))
     return web.Response(status=204)

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control.api.auth import revoke_user_sessions
+from control.api.authcache import auth_changed
 from control.api.base import ApiError, RouteTable, not_found, path_int, send
 from control.api.schemas import UserCreate, UserList, UserOut, UserQuery, UserUpdate
 from control.api.validated import body, query
@@ -184,6 +185,7 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
             raise not_found("user")
         if user.role == Role.ADMIN.value and not await _other_active_admins(session, user.id):
             raise ApiError(409, "last_admin", "the last active admin cannot be deleted")
+        auth_changed(session)
         await session.delete(user)
         svc.audit.add(session, "user.delete", actor(request), "user", str(user_id), details={"username": user.username})
     return web.Response(status=204)

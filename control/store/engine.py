@@ -53,10 +53,6 @@ def _sqlite_begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _sqlite_begin_deferred(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
-
-
 def _alembic_config(connection: Connection) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -88,10 +84,13 @@ class Store:
         # writers. `sessions` is for anything that writes.
         self.read_engine = self.engine
         if self.is_sqlite:
-            self.read_engine = create_async_engine(parsed, **kwargs)
-            for engine, begin in ((self.engine, _sqlite_begin_immediate), (self.read_engine, _sqlite_begin_deferred)):
-                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-                event.listen(engine.sync_engine, "begin", begin)
+            # Reads run without BEGIN (each statement sees one consistent snapshot) and their connections are
+            # not rolled back again when they return to the pool: each aiosqlite call is a thread round trip,
+            # and these two would double the cost of a one-statement read.
+            self.read_engine = create_async_engine(parsed, pool_reset_on_return=None, **kwargs)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
+            event.listen(self.read_engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
         self.reader: async_sessionmaker[AsyncSession] = async_sessionmaker(self.read_engine, expire_on_commit=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -12,11 +13,13 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import update
 
 from control.rbac import Role
 from control.security import PasswordHasher, TokenError, TokenService, load_or_create_secret
+from control.store import User
 from mediaserver.config import AuthApiConfig, ConfigError
-from tests.control.conftest import PASSWORD, Api
+from tests.control.conftest import PASSWORD, Api, ApiFactory
 
 
 async def test_login_answers_a_bearer_pair(api: Api) -> None:
@@ -222,3 +225,27 @@ async def test_embedded_secret_is_made_at_start(tmp_path: Path) -> None:
     config.database.url = "mysql+asyncmy://root@127.0.0.1:3306/test"
     with pytest.raises(ConfigError, match="jwt_secret"):
         ControlPlane(config, Hub(), environ={})
+
+
+async def test_who_a_token_belongs_to_is_cached_briefly(api_factory: ApiFactory) -> None:
+    api = await api_factory(api={"auth_cache_ttl": 0.5})
+    admin = await api.token(Role.ADMIN)
+    user_id = await api.add_user(Role.OPERATOR, "cached-op")
+    token = (await api.login("cached-op"))["access_token"]
+    assert (await api.call("POST", "/cameras", token, json={"name": "a"}))[0] == 201
+    # A change made elsewhere (the CLI, another node: straight into the database) applies within the TTL.
+    async with api.plane.store.sessions.begin() as session:
+        await session.execute(update(User).where(User.id == user_id).values(role="viewer"))
+    assert (await api.call("POST", "/cameras", token, json={"name": "b"}))[0] == 201
+    await asyncio.sleep(0.6)
+    assert (await api.call("POST", "/cameras", token, json={"name": "c"}))[0] == 403
+    # A change made through this node applies at once.
+    assert (await api.call("PUT", f"/users/{user_id}", admin, json={"role": "operator"}))[0] == 200
+    token = (await api.login("cached-op"))["access_token"]
+    assert (await api.call("GET", "/auth/me", token))[0] == 200
+    assert (await api.call("PUT", f"/users/{user_id}", admin, json={"disabled": True}))[0] == 200
+    assert (await api.call("GET", "/auth/me", token))[0] == 401
+    _, made = await api.call("POST", "/tokens", admin, json={"name": "t", "scopes": ["cameras:read"]})
+    assert (await api.call("GET", "/cameras", made["token"]))[0] == 200
+    assert (await api.call("DELETE", f"/tokens/{made['id']}", admin))[0] == 204
+    assert (await api.call("GET", "/cameras", made["token"]))[0] == 401
