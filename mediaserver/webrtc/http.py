@@ -77,6 +77,12 @@ def created(session: Session) -> web.Response:
     return web.Response(status=201, text=description.sdp, content_type=SDP_TYPE, headers=headers)
 
 
+def shown_agent(request: web.Request) -> str:
+    """The client's User-Agent for logs: one token of printable ASCII, at most 80 characters."""
+    agent = request.headers.get("User-Agent", "")
+    return "".join(c if "!" <= c <= "~" and c not in '"\\=' else "_" for c in agent)[:80]
+
+
 def shown_path(request: web.Request) -> str:
     """The request's stream as logs may show it (the name in the path may be a stream key)."""
     return f"{request.match_info.get('app', '')}/{redact(request.match_info.get('name', ''))}"
@@ -116,7 +122,9 @@ class WebrtcHttp:
     def _offer(start: OfferHandler) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             text, offer = await read_offer(request)
-            return created(await start(request, text, offer))
+            session = await start(request, text, offer)
+            session.agent = shown_agent(request)
+            return created(session)
 
         return handle
 

@@ -58,6 +58,8 @@ class Session:
         self.setup_seconds: float | None = None
         # Last RTP figures seen by the stats sampler, per sender: (packets, bytes).
         self.rtp_seen: dict[str, tuple[int, int]] = {}
+        # The client's User-Agent as logs may show it (see `shown_agent`).
+        self.agent = ""
 
     @property
     def key(self) -> str:
@@ -185,6 +187,37 @@ class WhipSession(Session):
         return data
 
 
+def dtls_failed(pc: RTCPeerConnection) -> bool:
+    """ICE found a path but the DTLS handshake over it failed."""
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls.state == "failed" and dtls.transport.state == "completed":
+            return True
+    return False
+
+
+def log_dtls_failure(session: Session) -> None:
+    """Say that DTLS (not ICE) failed, with what we know of a client that cannot handshake with us."""
+    hint = ""
+    if session.agent.startswith("Lavf/"):
+        # FFmpeg built with GnuTLS (PyAV's wheels among others) makes its DTLS certificate on curve P-224,
+        # and OpenSSL takes no P-224 peer certificate in (D)TLS 1.2 (OpenSSL 4 has no P-224 group at all),
+        # whichever side is the DTLS server.
+        hint = (
+            ' hint="FFmpeg built with GnuTLS uses a P-224 DTLS certificate, which OpenSSL refuses: give it a'
+            ' P-256 one with -cert_file/-key_file, or use an FFmpeg built with OpenSSL"'
+        )
+    log.warning(
+        "event=webrtc_dtls_failed kind=%s id=%s peer=%s stream=%s agent=%s%s",
+        session.kind,
+        session.id,
+        session.peer,
+        session.shown,
+        session.agent or "-",
+        hint,
+    )
+
+
 class SessionRegistry:
     """The live sessions, the feeds their WHEP viewers share, and the peer connections being closed."""
 
@@ -266,6 +299,8 @@ class SessionRegistry:
         def _on_state() -> None:
             session.set_state(pc.connectionState)
             if pc.connectionState == "failed" and not session.closing:
+                if dtls_failed(pc):
+                    log_dtls_failure(session)
                 self.close(session, "failed")
 
         # The peer's ICE checks (consent freshness, every ~5 s) count as activity too: a viewer of a stalled

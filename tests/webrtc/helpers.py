@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -118,6 +119,30 @@ async def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool
             return True
         await asyncio.sleep(step)
     return bool(predicate())
+
+
+async def probe(url: str) -> list[dict[str, object]]:
+    """The streams ffprobe finds at `url` (codec_name, width, height, sample_rate)."""
+    ffprobe = shutil.which("ffprobe")
+    assert ffprobe is not None, "ffprobe is not installed"
+    process = await asyncio.create_subprocess_exec(
+        ffprobe,
+        "-v",
+        "error",
+        "-rw_timeout",
+        "10000000",
+        "-show_entries",
+        "stream=codec_name,width,height,sample_rate",
+        "-of",
+        "json",
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    streams: list[dict[str, object]] = json.loads(out)["streams"]
+    return streams
 
 
 def sessions(server: ServerProcess) -> dict[str, Any]:

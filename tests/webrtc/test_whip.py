@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import time
 
 from aiortc import AudioStreamTrack, RTCSessionDescription, VideoStreamTrack
@@ -15,35 +13,13 @@ from tests.webrtc.helpers import (
     loopback_pc,
     metric,
     post,
+    probe,
     request,
     sessions,
     wait_no_sessions,
     wait_until,
     whep_play,
 )
-
-
-async def probe(url: str) -> list[dict[str, object]]:
-    ffprobe = shutil.which("ffprobe")
-    assert ffprobe is not None, "ffprobe is not installed"
-    process = await asyncio.create_subprocess_exec(
-        ffprobe,
-        "-v",
-        "error",
-        "-rw_timeout",
-        "10000000",
-        "-show_entries",
-        "stream=codec_name,width,height,sample_rate",
-        "-of",
-        "json",
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, err.decode()
-    streams: list[dict[str, object]] = json.loads(out)["streams"]
-    return streams
 
 
 async def test_whip_publish_plays_over_rtmp_hls_and_whep(webrtc_server: ServerProcess) -> None:
