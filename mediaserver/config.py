@@ -215,6 +215,12 @@ class PullConfig:
     # Sources on loopback addresses are refused unless this is on (a camera URL must not reach the server's
     # own services); link-local (cloud metadata) and unspecified addresses are always refused.
     allow_loopback: bool = False
+    # Sources pulled only while someone watches: "app/name" patterns (fnmatch), e.g. ["live/*"]. The first
+    # player starts the source and waits up to on_demand_wait seconds for it; the source stops after
+    # on_demand_idle seconds without players.
+    on_demand: list[str] = field(default_factory=list)
+    on_demand_wait: float = 10.0
+    on_demand_idle: float = 30.0
 
 
 @dataclass(slots=True)
@@ -344,6 +350,8 @@ class Config:
             raise ConfigError("pull.rtsp_transport must be 'tcp' or 'udp' and pull.timeout within 0.5..120 s")
         if not 0 < pull.reconnect_min <= pull.reconnect_max:
             raise ConfigError("pull.reconnect_min must be positive and not above pull.reconnect_max")
+        if not (0 < pull.on_demand_wait <= 120 and 1 <= pull.on_demand_idle <= 86400):
+            raise ConfigError("pull.on_demand_wait must be within 0..120 s and pull.on_demand_idle within 1..86400 s")
         if self.auth.publish_mode not in ("open", "static", "database"):
             raise ConfigError(
                 f"auth.publish_mode must be 'open', 'static' or 'database', not {self.auth.publish_mode!r}"

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -267,6 +267,8 @@ class Stream:
 
 
 StreamListener = Callable[[StreamEvent], None]
+# (app, name) -> whether the stream is live now, having been started for the asking player.
+DemandHandler = Callable[[str, str], Awaitable[bool]]
 
 
 class StreamTaken(Exception):
@@ -277,6 +279,8 @@ class HubView(Protocol):
     """What the control plane (and later the worker registry) may use of the hub."""
 
     def get(self, app: str, name: str) -> Stream | None: ...
+
+    async def find(self, app: str, name: str) -> Stream | None: ...
 
     def list(self) -> list[Stream]: ...
 
@@ -295,6 +299,9 @@ class Hub:
         self.idle_timeout = idle_timeout
         self.drops = DropCounter()
         self._listeners: list[StreamListener] = []
+        self._demand: DemandHandler | None = None
+        # Stream key -> monotonic time a player last asked for it (HLS requests, RTMP and WHEP plays).
+        self.wanted: dict[str, float] = {}
         self._housekeeping = BackgroundTask.every(1.0, self._housekeep, "hub_housekeeping")
 
     def listen(self, listener: StreamListener) -> None:
@@ -314,6 +321,24 @@ class Hub:
 
     def get(self, app: str, name: str) -> Stream | None:
         return self.streams.get(f"{app}/{name}")
+
+    def set_demand(self, handler: DemandHandler) -> None:
+        """Who starts a stream that is not live when a player asks for it (the pull service's on-demand
+        sources)."""
+        self._demand = handler
+
+    def want(self, app: str, name: str) -> None:
+        """A player asked for this stream now (on-demand sources stop after some time without any)."""
+        self.wanted[f"{app}/{name}"] = time.monotonic()
+
+    async def find(self, app: str, name: str) -> Stream | None:
+        """The live stream for a player: as `get`, but a stream that an on-demand source can bring is started
+        and waited for (up to the source's wait time)."""
+        self.want(app, name)
+        stream = self.get(app, name)
+        if stream is None and self._demand is not None and await self._demand(app, name):
+            stream = self.get(app, name)
+        return stream
 
     def list(self) -> list[Stream]:
         return list(self.streams.values())

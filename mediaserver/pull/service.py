@@ -1,20 +1,34 @@
 """The pulled sources: those of the configuration (`[pull] sources`), started and stopped with the server, and
 those the control plane sets (cameras with a `source_url`), with their state as metrics: which are online, how
-often they reconnected, how many packets they brought."""
+often they reconnected, how many packets they brought.
+
+Sources matching `[pull] on_demand` are pulled only while someone watches: the hub asks `demand` when a player
+wants a stream that is not live (the player waits for the first frames), and a source nobody has asked for in
+`on_demand_idle` seconds, and that no RTMP or WebRTC player still reads, is stopped (state `idle`)."""
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
+import logging
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mediaserver.background import BackgroundTask
 from mediaserver.config import ConfigError, PullConfig
+from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.hub import Hub
 from mediaserver.pull.source import PullSettings, PullSource
 
-STATES = ("connecting", "online", "offline", "error")
+log = logging.getLogger("mediaserver.pull")
+
+STATES = ("connecting", "online", "offline", "error", "idle")
+# Hub subscribers that are the server's own, not players: they never keep an on-demand source running.
+INTERNAL_SUBSCRIBERS = frozenset({"hls_segmenter"})
 
 
 def parse_source(entry: str) -> tuple[str, str, str]:
@@ -38,6 +52,15 @@ class PullService:
         )
         self.sources: list[PullSource] = []
         self._running = False
+        self._on_demand = list(config.on_demand)
+        self._wait = config.on_demand_wait
+        self._idle = config.on_demand_idle
+        # Players waiting for an on-demand stream to go live, by stream key.
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._started_at: dict[str, float] = {}
+        self._idle_check = BackgroundTask.every(1.0, self._stop_idle, "pull_idle")
+        hub.listen(self._on_hub_event)
+        hub.set_demand(self.demand)
         for entry in config.sources:
             app, name, url = parse_source(entry)
             try:
@@ -46,15 +69,75 @@ class PullService:
                 raise ConfigError(str(exc)) from exc
         registry.register(_PullCollector(self))
 
+    def on_demand(self, source: PullSource) -> bool:
+        return any(fnmatch.fnmatchcase(source.key, pattern) for pattern in self._on_demand)
+
     def start(self) -> None:
         self._running = True
         for source in self.sources:
-            source.start()
+            self._launch(source)
+        if self._on_demand:
+            self._idle_check.start()
 
     async def stop(self) -> None:
         self._running = False
+        await self._idle_check.stop()
         for source in self.sources:
             await source.stop()
+
+    def _launch(self, source: PullSource) -> None:
+        """Start an always-on source; an on-demand one waits for its first player."""
+        if self.on_demand(source):
+            source.state = "idle"
+            return
+        source.start()
+
+    async def demand(self, app: str, name: str) -> bool:
+        """A player wants `app/name`, which is not live: start its on-demand source and wait for the stream."""
+        source = self.get(app, name)
+        if source is None or not self._running or not self.on_demand(source):
+            return False
+        key = source.key
+        if not source.running:
+            self._started_at[key] = time.monotonic()
+            log.info("event=pull_on_demand_start stream=%s url=%s", key, source.shown)
+            source.start()
+        if self.hub.get(app, name) is not None:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self._wait)
+        except TimeoutError:
+            log.info("event=pull_on_demand_timeout stream=%s wait=%.1f", key, self._wait)
+        finally:
+            waiting = self._waiters.get(key, [])
+            if waiter in waiting:
+                waiting.remove(waiter)
+        return self.hub.get(app, name) is not None
+
+    def _on_hub_event(self, event: StreamEvent) -> None:
+        if event.kind is StreamEventKind.STARTED:
+            for waiter in self._waiters.pop(event.key, []):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _stop_idle(self) -> None:
+        now = time.monotonic()
+        for source in list(self.sources):
+            if not source.running or not self.on_demand(source):
+                continue
+            key = source.key
+            last = max(self.hub.wanted.get(key, 0.0), self._started_at.get(key, 0.0))
+            if now - last < self._idle or self._waiters.get(key):
+                continue
+            stream = self.hub.get(source.app, source.name)
+            if stream is not None and any(p not in INTERNAL_SUBSCRIBERS for p in stream.subscriber_counts()):
+                self.hub.want(source.app, source.name)  # players are reading: count them as asking now
+                continue
+            log.info("event=pull_on_demand_stop stream=%s idle_seconds=%.0f", key, now - last)
+            await source.stop()
+            source.state = "idle"
 
     def get(self, app: str, name: str) -> PullSource | None:
         return next((s for s in self.sources if s.app == app and s.name == name), None)
@@ -71,7 +154,7 @@ class PullService:
             source = PullSource(self.hub, app, name, url, self.settings)
             self.sources.append(source)
             if self._running:
-                source.start()
+                self._launch(source)
 
 
 class _PullCollector(Collector):

@@ -130,7 +130,15 @@ class PullSource:
     def same_url(self, url: str) -> bool:
         return url == self._url
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
+        """Start pulling (again, after a stop: on-demand sources stop when idle)."""
+        self._stopping.clear()
+        self._restart.clear()
+        self.state = "connecting"
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name=f"pull-{self.name}"[:15], daemon=True)
         self._thread.start()

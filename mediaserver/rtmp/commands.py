@@ -196,7 +196,11 @@ class RtmpCommands:
             conn.fail("play_denied", result.reason)
             return
         # The grant names the stream, as for publish: an authorizer may map the requested name to another.
-        stream = ctx.hub.get(result.app, result.name)
+        # An on-demand source is started for this player and waited for.
+        stream = await ctx.hub.find(result.app, result.name)
+        if conn.closed or conn.transport is None:
+            return
+        transport = conn.transport
         if stream is None:
             conn.send_status(stream_id, "error", "NetStream.Play.StreamNotFound", "no such stream")
             conn.fail("stream_not_found", shown)

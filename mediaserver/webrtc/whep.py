@@ -63,7 +63,8 @@ class WhepService:
         result = await self.play_access.check(request, "whep")
         if isinstance(result, Denied):
             raise Rejected(403, "play_denied", "not allowed to play this stream")
-        stream = self.hub.get(result.app, result.name)
+        # An on-demand source is started for this viewer and waited for.
+        stream = await self.hub.find(result.app, result.name)
         if stream is None:
             raise Rejected(404, "stream_not_found", "no live stream with that name")
         # A stream whose video has not shown up yet (a publisher that just started) is accepted for a while.

@@ -364,3 +364,52 @@ def test_a_camera_with_g711_audio_is_heard_as_aac(server_factory, camera_port: i
         camera.kill()
         camera.wait()
     assert "event=pull_audio_transcode stream=live/yard from=pcm_alaw" in server.log()
+
+
+@pytest.mark.slow
+def test_an_on_demand_camera_starts_with_its_first_player_and_stops_when_idle(  # type: ignore[no-untyped-def]
+    server_factory, camera_port: int
+) -> None:
+    camera = _start_camera(camera_port)
+    url = f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{camera_port}/cam"
+    server: ServerProcess = server_factory(
+        {
+            "MEDIASERVER_PULL_SOURCES": json.dumps([f"live/gate={url}"]),
+            "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true",
+            "MEDIASERVER_PULL_ON_DEMAND": json.dumps(["live/*"]),
+            "MEDIASERVER_PULL_ON_DEMAND_IDLE": "3",
+        }
+    )
+    try:
+        # Nobody watches: nothing is pulled.
+        time.sleep(1.5)
+        assert "live/gate" not in _streams(server)
+        assert _metric(server, "mediaserver_pull_sources", '{state="idle"}') == 1
+        assert _metric(server, "mediaserver_pull_sessions_total") == 0
+        # The first RTMP player starts the source and gets the stream (ffprobe waits while it comes up).
+        asked = time.monotonic()
+        probe = subprocess.run(
+            [require("ffprobe"), "-v", "error", "-show_streams", "-of", "json", server.rtmp_url("live/gate")],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        print(f"on-demand RTMP join: {time.monotonic() - asked:.2f} s to ffprobe's answer")
+        assert sorted(s["codec_name"] for s in json.loads(probe.stdout)["streams"]) == ["aac", "h264"]
+        assert _metric(server, "mediaserver_pull_sessions_total") == 1
+        # Nobody left: stopped after the idle time, and started again by the next player.
+        _wait("the idle source to stop", lambda: "live/gate" not in _streams(server), timeout=15)
+        assert _metric(server, "mediaserver_pull_sources", '{state="idle"}') == 1
+        assert "event=pull_on_demand_stop stream=live/gate" in server.log()
+        probe = subprocess.run(
+            [require("ffprobe"), "-v", "error", "-show_streams", "-of", "json", server.rtmp_url("live/gate")],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        assert json.loads(probe.stdout)["streams"]
+        assert _metric(server, "mediaserver_pull_sessions_total") == 2
+    finally:
+        camera.kill()
+        camera.wait()
+    assert PASSWORD not in server.log()
