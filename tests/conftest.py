@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,6 +165,25 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield factory
     for proc in started:
         proc.stop()
+
+
+def api_call(
+    server: ServerProcess, method: str, path: str, token: str | None = None, body: Any = None
+) -> tuple[int, Any]:
+    """One /api/v1 request to a server process: (status, JSON body or None), error statuses included."""
+    request = urllib.request.Request(server.http_url("/api/v1" + path), method=method)
+    if body is not None:
+        request.data = json.dumps(body).encode()
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
 
 
 def require(binary: str) -> str:

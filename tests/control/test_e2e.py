@@ -13,26 +13,10 @@ from typing import Any
 import pytest
 
 from control.store import Store
-from tests.conftest import ServerProcess, ffmpeg_publish, start_server, wait_for_stream
+from tests.conftest import api_call, ffmpeg_publish, start_server, wait_for_stream
 from tests.control.conftest import JWT_SECRET, PASSWORD, clean
 
 pytestmark = pytest.mark.slow
-
-
-def call(server: ServerProcess, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(server.http_url("/api/v1" + path), method=method)
-    if body is not None:
-        request.data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        return exc.code, json.loads(raw) if raw else None
 
 
 def refused(url: str) -> str:
@@ -79,10 +63,10 @@ def test_camera_keys_decide_who_publishes(tmp_path: Path, database_url: str) -> 
         )
     server = start_server(tmp_path, env)
     try:
-        status, login = call(server, "POST", "/auth/login", body={"username": "admin", "password": PASSWORD})
+        status, login = api_call(server, "POST", "/auth/login", body={"username": "admin", "password": PASSWORD})
         assert status == 200, login
         token = login["access_token"]
-        status, camera = call(server, "POST", "/cameras", token, {"name": "Loading dock", "vendor": "Hikvision"})
+        status, camera = api_call(server, "POST", "/cameras", token, {"name": "Loading dock", "vendor": "Hikvision"})
         assert status == 201
         camera_id, key = camera["id"], camera["stream_key"]
         assert camera["publish_url"] == server.rtmp_url(f"live/{key}")
@@ -91,15 +75,15 @@ def test_camera_keys_decide_who_publishes(tmp_path: Path, database_url: str) -> 
         publisher = ffmpeg_publish(camera["publish_url"], 8, size="640x360")
         try:
             wait_for_stream(server, "live", camera_id)
-            wait_until(lambda: call(server, "GET", f"/cameras/{camera_id}", token)[1]["status"] == "online")
-            status, live = call(server, "GET", f"/cameras/{camera_id}/status", token)
+            wait_until(lambda: api_call(server, "GET", f"/cameras/{camera_id}", token)[1]["status"] == "online")
+            status, live = api_call(server, "GET", f"/cameras/{camera_id}/status", token)
             assert live["live"] and live["stream"]["video"]["codec"] == "h264"
             assert live["stream"]["video"]["width"] == 640
             # The stream key never shows in the public stream list.
             assert key not in json.dumps(server.get_json("/api/v1/streams"))
 
             # Playback: the HLS URL from the API plays, the bare one does not (cameras are private).
-            status, playback = call(server, "GET", f"/streaming/hls/{camera_id}", token)
+            status, playback = api_call(server, "GET", f"/streaming/hls/{camera_id}", token)
             assert status == 200
             bare = server.http_url(f"/hls/live/{camera_id}/index.m3u8")
             with pytest.raises(urllib.error.HTTPError) as denied:
@@ -112,22 +96,22 @@ def test_camera_keys_decide_who_publishes(tmp_path: Path, database_url: str) -> 
             refused(server.rtmp_url("live/not-a-key"))
 
             # Rotating the key cuts the running publisher off; the old key no longer works.
-            status, rotated = call(server, "POST", f"/cameras/{camera_id}/rotate-key", token)
+            status, rotated = api_call(server, "POST", f"/cameras/{camera_id}/rotate-key", token)
             assert status == 200 and rotated["stream_key"] != key
             publisher.wait(timeout=15)
         finally:
             if publisher.poll() is None:
                 publisher.kill()
                 publisher.wait()
-        wait_until(lambda: call(server, "GET", f"/cameras/{camera_id}", token)[1]["status"] == "offline")
+        wait_until(lambda: api_call(server, "GET", f"/cameras/{camera_id}", token)[1]["status"] == "offline")
         refused(server.rtmp_url(f"live/{key}"))
 
         # Disabled: even the current key is refused.
-        status, _ = call(server, "PUT", f"/cameras/{camera_id}", token, {"enabled": False})
+        status, _ = api_call(server, "PUT", f"/cameras/{camera_id}", token, {"enabled": False})
         assert status == 200
         refused(rotated["publish_url"])
 
-        status, audit = call(server, "GET", "/audit-logs?limit=100", token)
+        status, audit = api_call(server, "GET", "/audit-logs?limit=100", token)
         entries = audit["items"]
         denied_reasons = [e["details"]["reason"] for e in entries if e["action"] == "stream.publish_denied"]
         assert denied_reasons == ["camera_disabled", "bad_stream_key", "bad_stream_key"]

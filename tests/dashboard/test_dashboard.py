@@ -8,20 +8,18 @@ the grid without sideways scrolling. Every page is saved as a screenshot (the fo
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.conftest import ServerProcess, ffmpeg_publish, start_server, wait_for_stream
+from tests.conftest import ServerProcess, api_call, ffmpeg_publish, start_server, wait_for_stream
 from tests.e2e.test_browser_hls import CHROMIUM_ARGS, chromium_path
 
 ADMIN = "admin"
@@ -88,24 +86,8 @@ def new_page(browser: Browser, server: ServerProcess) -> Iterator[Callable[..., 
         context.close()
 
 
-def call(server: ServerProcess, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(server.http_url("/api/v1" + path), method=method)
-    if body is not None:
-        request.data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        return exc.code, json.loads(raw) if raw else None
-
-
 def admin_token(server: ServerProcess) -> str:
-    status, body = call(server, "POST", "/auth/login", body={"username": ADMIN, "password": PASSWORD})
+    status, body = api_call(server, "POST", "/auth/login", body={"username": ADMIN, "password": PASSWORD})
     assert status == 200, body
     return str(body["access_token"])
 
@@ -307,9 +289,11 @@ def test_viewer_sees_no_admin_pages_and_the_api_refuses_them(
     server: ServerProcess, new_page: Callable[..., tuple[Page, list[str]]], shots: Path
 ) -> None:
     token = admin_token(server)
-    status, body = call(server, "POST", "/users", token, {"username": VIEWER, "password": PASSWORD, "role": "viewer"})
+    status, body = api_call(
+        server, "POST", "/users", token, {"username": VIEWER, "password": PASSWORD, "role": "viewer"}
+    )
     assert status == 201, body
-    status, camera = call(server, "POST", "/cameras", token, {"name": "Front gate"})
+    status, camera = api_call(server, "POST", "/cameras", token, {"name": "Front gate"})
     assert status == 201, camera
 
     page, console = new_page()
@@ -364,7 +348,9 @@ def test_phone_sized_screen_shows_the_grid_without_sideways_scrolling(
 ) -> None:
     token = admin_token(server)
     for name in ("Car park north entrance with a long name", "Lobby"):
-        status, body = call(server, "POST", "/cameras", token, {"name": name, "location": "Building 7, ground floor"})
+        status, body = api_call(
+            server, "POST", "/cameras", token, {"name": name, "location": "Building 7, ground floor"}
+        )
         assert status == 201, body
     page, console = new_page(PHONE)
     log_in(page, server, ADMIN, PASSWORD)
@@ -440,7 +426,7 @@ def test_dialogs_close_with_escape_and_errors_read_as_messages(
     page.locator("dialog[open]").get_by_role("button", name="Rotate key").click()
     page.wait_for_function("old => document.querySelector('input.publish-url').value !== old", arg=before)
     token = admin_token(server)
-    _, fresh = call(server, "GET", f"/cameras/{camera_id}", token)
+    _, fresh = api_call(server, "GET", f"/cameras/{camera_id}", token)
     assert page.locator("input.publish-url").input_value() == fresh["publish_url"] != before
 
     # Bulk: select a card, disable it; the card says so.
@@ -448,7 +434,7 @@ def test_dialogs_close_with_escape_and_errors_read_as_messages(
     page.get_by_label("Select Lobby").check()
     page.get_by_role("group", name="Bulk actions").get_by_role("button", name="Disable").click()
     page.locator(".card", has_text="Lobby").locator(".tag-disabled").wait_for()
-    _, fresh = call(server, "GET", f"/cameras/{camera_id}", token)
+    _, fresh = api_call(server, "GET", f"/cameras/{camera_id}", token)
     assert fresh["enabled"] is False
     shoot(page, shots, "21-bulk-disabled")
 
@@ -457,7 +443,7 @@ def test_live_updates_resume_after_a_dropped_connection(
     server: ServerProcess, new_page: Callable[..., tuple[Page, list[str]]], shots: Path
 ) -> None:
     token = admin_token(server)
-    status, body = call(server, "POST", "/cameras", token, {"name": "Stairwell"})
+    status, body = api_call(server, "POST", "/cameras", token, {"name": "Stairwell"})
     assert status == 201, body
     page, console = new_page()
     log_in(page, server, ADMIN, PASSWORD)
@@ -469,7 +455,7 @@ def test_live_updates_resume_after_a_dropped_connection(
     # Drop the socket and hold the reconnect back for a few seconds; a camera is added meanwhile.
     page.evaluate("() => { const live = window.dashboardLive; live.backoff = 4000; live.socket.close(); }")
     page.wait_for_selector("#conn[data-state=closed]")
-    status, camera = call(server, "POST", "/cameras", token, {"name": "Added while away"})
+    status, camera = api_call(server, "POST", "/cameras", token, {"name": "Added while away"})
     assert status == 201, camera
     assert page.locator(".card", has_text="Added while away").count() == 0
     # Back: the event comes from the replay after `since`, not from reloading the list.
@@ -499,7 +485,7 @@ def test_tokens_are_refreshed_and_a_revoked_session_returns_to_login(
 
     # The session is revoked elsewhere: the next call gets a 401, the refresh fails, back to the login form.
     current = page.evaluate(stored)
-    status, body = call(
+    status, body = api_call(
         short, "POST", "/auth/logout", current["access_token"], {"refresh_token": current["refresh_token"]}
     )
     assert status == 200, body
