@@ -5,7 +5,7 @@
 // Latency shown: for each frame on screen, requestVideoFrameCallback gives when its last packet arrived
 // (receiveTime) and when it is shown (expectedDisplayTime); the difference is the time spent in the jitter
 // buffer, decoder and compositor. Add the network (half the round trip) for the viewer side of the latency.
-"use strict";
+import { iceGathered } from "./ice.js";
 
 (function () {
   const RETRY_MS = 3000;
@@ -60,22 +60,6 @@
     element.classList.add("has-error");
   }
 
-  function waitForGathering(peer) {
-    return new Promise((resolve) => {
-      if (peer.iceGatheringState === "complete") {
-        resolve();
-        return;
-      }
-      const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
-      peer.addEventListener("icegatheringstatechange", () => {
-        if (peer.iceGatheringState === "complete") {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-  }
-
   async function hangUp() {
     const url = session;
     session = null;
@@ -125,7 +109,7 @@
     });
     try {
       await peer.setLocalDescription(await peer.createOffer());
-      await waitForGathering(peer);
+      await iceGathered(peer, GATHER_TIMEOUT_MS);
       const posted = performance.now();
       const response = await fetch(endpoint, {
         method: "POST",

@@ -2,6 +2,7 @@
 // through the browser's own stack and a WHEP exchange (one POST of a complete offer, as web/webrtc.js does).
 // Both get their URL, with a short-lived play token, from /api/v1/streaming/{hls|webrtc}/{camera id}.
 
+import { iceGathered } from "../ice.js";
 import { api, describe } from "./api.js";
 
 const RETRY_MS = 4000;
@@ -143,7 +144,7 @@ export class LivePlayer {
     });
     try {
       await peer.setLocalDescription(await peer.createOffer());
-      await gathered(peer);
+      await iceGathered(peer, GATHER_TIMEOUT_MS);
       if (generation !== this.generation) return;
       const response = await fetch(url, {
         method: "POST",
@@ -207,20 +208,4 @@ export class LivePlayer {
     this.waiting = false;
     this.teardown();
   }
-}
-
-function gathered(peer) {
-  return new Promise((resolve) => {
-    if (peer.iceGatheringState === "complete") {
-      resolve();
-      return;
-    }
-    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
-    peer.addEventListener("icegatheringstatechange", () => {
-      if (peer.iceGatheringState === "complete") {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
 }
