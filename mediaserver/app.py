@@ -23,6 +23,7 @@ from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
 from mediaserver.pull.service import PullService
 from mediaserver.recording.recorder import LogSink, PatternPolicy, Recorder, RecordingSink, RecordPolicy
+from mediaserver.relay.service import RelayService
 from mediaserver.rtmp.context import RtmpContext
 from mediaserver.rtmp.server import start_rtmp, tls_context
 from mediaserver.webrtc.service import WebrtcService
@@ -113,6 +114,8 @@ class MediaServer:
         self.pull = PullService(self.hub, config.pull, self.metrics.registry)
         if self.control is not None:
             self.control.attach_pull(self.pull)
+        # Live streams pushed to other RTMP(S) servers ([relay] pushes).
+        self.relay = RelayService(self.hub, config.relay, self.metrics.registry)
         self.http_app = create_app(self.hub, self.metrics, routes)
         if self.control is not None:
             self.control.install(self.http_app)
@@ -130,6 +133,7 @@ class MediaServer:
         if self.webrtc is not None:
             self.webrtc.start()
         self.pull.start()
+        self.relay.start()
         rtmp = self.config.rtmp
         self._servers.append(await start_rtmp(self.rtmp_context, rtmp.host, rtmp.port))
         rtmps = self.config.rtmps
@@ -146,6 +150,7 @@ class MediaServer:
         for server in self._servers:
             server.close()
         await self.pull.stop()
+        await self.relay.stop()
         if self.webrtc is not None:
             await self.webrtc.stop()
         await self.loop_lag.stop()

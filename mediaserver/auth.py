@@ -10,7 +10,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,16 @@ def redact(secret: str) -> str:
     if len(secret) <= 4:
         return "***"
     return f"{secret[:3]}***"
+
+
+def shown_url(url: str) -> str:
+    """The URL with any user and password replaced, and no query (it may carry a key)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = ("***@" if parts.username or parts.password else "") + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class Authorizer(Protocol):

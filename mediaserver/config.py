@@ -224,6 +224,22 @@ class PullConfig:
 
 
 @dataclass(slots=True)
+class RelayConfig:
+    # Live streams pushed to other RTMP(S) servers, each "app/name=rtmp[s]://host[:port]/app/key"; the left side
+    # may be a pattern ("live/*") and the URL may use {app} and {name}, the stream's own.
+    pushes: list[str] = field(default_factory=list)
+    # Back-off between sessions to a target: from reconnect_min doubling up to reconnect_max seconds (with jitter).
+    reconnect_min: float = 1.0
+    reconnect_max: float = 30.0
+    # Bytes buffered towards a target before it skips to the next keyframe.
+    queue_bytes: int = 8 * 1024 * 1024
+    # Seconds a connect and publish may take; also how long a target may take nothing before it is dropped.
+    connect_timeout: float = 10.0
+    # CA certificates (PEM) that rtmps:// targets are checked against; empty: the system's trust store.
+    ca_file: str = ""
+
+
+@dataclass(slots=True)
 class RecordingConfig:
     enabled: bool = True
     # Where recordings go (the hot tier); empty: `<server.data_dir>/recordings`.
@@ -330,6 +346,7 @@ class Config:
     webrtc: WebrtcConfig = field(default_factory=WebrtcConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     pull: PullConfig = field(default_factory=PullConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -352,6 +369,14 @@ class Config:
             raise ConfigError("pull.reconnect_min must be positive and not above pull.reconnect_max")
         if not (0 < pull.on_demand_wait <= 120 and 1 <= pull.on_demand_idle <= 86400):
             raise ConfigError("pull.on_demand_wait must be within 0..120 s and pull.on_demand_idle within 1..86400 s")
+        relay = self.relay
+        if not 0 < relay.reconnect_min <= relay.reconnect_max or not 0.5 <= relay.connect_timeout <= 120:
+            raise ConfigError("relay.reconnect_min must be positive and <= reconnect_max, connect_timeout 0.5..120 s")
+        if relay.queue_bytes < 64 * 1024:
+            raise ConfigError("relay.queue_bytes must be at least 65536")
+        for push in relay.pushes:
+            if not push.partition("=")[2].strip().lower().startswith(("rtmp://", "rtmps://")):
+                raise ConfigError("relay.pushes entries look like 'live/cam=rtmp://host/app/key'")
         if self.auth.publish_mode not in ("open", "static", "database"):
             raise ConfigError(
                 f"auth.publish_mode must be 'open', 'static' or 'database', not {self.auth.publish_mode!r}"

@@ -29,8 +29,8 @@ from control.security import new_id, new_stream_key
 from control.services import Services, actor, principal, services
 from control.store import Camera
 from control.store.types import utcnow
+from mediaserver.auth import shown_url
 from mediaserver.config import Config
-from mediaserver.pull.source import shown_url
 
 routes = RouteTable("cameras")
 READ = Permission.CAMERAS_READ

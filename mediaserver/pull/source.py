@@ -21,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 
+from mediaserver.auth import shown_url
 from mediaserver.hub import Hub, Stream, StreamTaken
 from mediaserver.media import Packet
 from mediaserver.pull.audio import G711_CODECS, G711ToAac
@@ -39,16 +40,6 @@ from mediaserver.pull.convert import (
 log = logging.getLogger("mediaserver.pull")
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
-
-
-def shown_url(url: str) -> str:
-    """The URL with any user and password replaced, and no query (it may carry a key)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = ("***@" if parts.username or parts.password else "") + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import struct
 from collections.abc import Callable
 from typing import Any, cast
@@ -171,12 +172,22 @@ class RtmpClient:
         transport = self._transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
-    async def connect(self, host: str, port: int, app: str, tc_url: str | None = None, timeout: float = 10) -> None:
-        """Open the TCP connection, do the handshake and the `connect` command.
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        app: str,
+        tc_url: str | None = None,
+        timeout: float = 10,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """Open the TCP connection (TLS with `tls`: RTMPS, checked against `host`), do the handshake and the
+        `connect` command.
 
         Raises RtmpClientError with the server's code if it answers `_error`, TimeoutError
         after `timeout` seconds (which is also the limit of every later call), OSError when
-        the TCP connection fails.
+        the TCP connection fails (ssl.SSLError, an OSError, when the TLS handshake does).
         """
         if self._loop is not None:
             raise RuntimeError("RtmpClient.connect() called twice")
@@ -187,7 +198,10 @@ class RtmpClient:
         self._handshake_done = loop.create_future()
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: _Protocol(self), host, port)
+                if tls is None:
+                    await loop.create_connection(lambda: _Protocol(self), host, port)
+                else:
+                    await loop.create_connection(lambda: _Protocol(self), host, port, ssl=tls, server_hostname=host)
                 await self._handshake_done
                 command = {
                     "app": app,
@@ -227,6 +241,11 @@ class RtmpClient:
         waiter = self._expect_status("NetStream.Publish.Start")
         self._send_command(stream_id, CSID_STREAM_COMMAND, "publish", 0.0, None, name, kind)
         await self._wait(waiter)
+
+    def unpublish(self, name: str) -> None:
+        """FCUnpublish and deleteStream for the current stream; replies, if any, are not waited for."""
+        self._fire("FCUnpublish", None, name)
+        self._fire("deleteStream", None, float(self.stream_id))
 
     async def play(self, name: str, start: float = -2000.0) -> None:
         """createStream, play; wait for NetStream.Play.Start.

@@ -22,13 +22,14 @@ import av
 import numpy as np
 import pytest
 
+from mediaserver.auth import shown_url
 from mediaserver.codecs.h264 import NAL_PPS, NAL_SPS, nal_type
 from mediaserver.config import ConfigError, load_config
 from mediaserver.media import TrackKind
 from mediaserver.pull.audio import G711ToAac
 from mediaserver.pull.convert import SourceConverter, avc_config_from_extradata
 from mediaserver.pull.service import parse_source
-from mediaserver.pull.source import RefusedAddress, check_addresses, shown_url
+from mediaserver.pull.source import RefusedAddress, check_addresses
 from tests.conftest import ServerProcess, free_port, require, wait_for_stream
 from tests.recording.helpers import call, wait_until
 from tests.snapshot.media import h264
