@@ -68,7 +68,15 @@ class MediaServer:
         recording = config.recording
         # The segmenter runs for HLS and for the recorder (one muxing pass); its routes only with HLS on.
         if config.hls.enabled or recording.enabled:
-            settings = HlsSettings(config.hls.segment_duration, config.hls.part_duration, config.hls.window)
+            hls = config.hls
+            settings = HlsSettings(
+                hls.segment_duration,
+                hls.part_duration,
+                hls.window,
+                memory_segments=hls.memory_segments,
+                spill=hls.spill,
+                spill_dir=hls.spill_dir or str(Path(config.server.data_dir) / "hls"),
+            )
             self.hls = HlsService(self.hub, settings, self.metrics.registry, config.hls.grace_seconds, self.play_access)
             if config.hls.enabled:
                 routes.extend(self.hls.routes())

@@ -85,6 +85,11 @@ class HlsConfig:
     window: int = 6
     # Seconds an ended stream's playlist stays available (a reconnecting publisher continues it).
     grace_seconds: float = 30.0
+    # Complete segments older than the newest `memory_segments` are written to anonymous files in `spill_dir`
+    # (empty: <data_dir>/hls) and read back when asked for; LL-HLS parts of the open segment stay in memory.
+    spill: bool = True
+    spill_dir: str = ""
+    memory_segments: int = 0
 
 
 @dataclass(slots=True)

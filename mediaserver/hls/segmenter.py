@@ -6,8 +6,11 @@ reconnecting camera continues the same playlist after an `EXT-X-DISCONTINUITY`.
 Parts are cut on video frames once the next frame would overrun the part target, and
 segments on the first keyframe at or past the segment target, so every segment starts
 with an independent part. Each part is a complete `moof`+`mdat`, built the moment it
-closes; a segment is the concatenation of its parts, and once it completes its parts
-become views into the segment's bytes, so the data is held once.
+closes (the one copy of the media the segmenter makes); a segment is the concatenation of
+its parts and is never joined into a second buffer: it is served as its parts' bytes one
+after the other. Only the newest `memory_segments` complete segments stay in memory (none
+by default); older ones are written out (`spill`) and read back for viewers, so per stream
+the process holds the open segment and the segments viewers are fetching, whatever the window.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from mediaserver.codecs.strings import codec_string
 from mediaserver.formats import fmp4
 from mediaserver.fragments import CmafFragment, CmafInit, FragmentListener
+from mediaserver.hls.spill import SpilledRange, SpillWriter, StreamSpill
 from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
 
 log = logging.getLogger("mediaserver.hls")
@@ -30,6 +34,8 @@ _HLS_AUDIO = (Codec.AAC, Codec.OPUS)
 _HLS_VIDEO = (Codec.H264, Codec.H265, Codec.AV1)
 # A timestamp step larger than this (or any step backwards) starts a new timeline.
 _MAX_JUMP_MS = 10_000
+# Written-out segments kept in memory once read back for viewers (see `HlsStream.read`).
+_READ_BACK = 2
 
 
 @dataclass(slots=True)
@@ -37,7 +43,11 @@ class Part:
     index: int
     duration: float
     independent: bool
-    data: bytes | memoryview
+    # The part's moof+mdat while it is held in memory; None once its segment lives in `Segment.spilled`.
+    data: bytes | None
+    # Where it starts inside its segment, and its length.
+    offset: int
+    size: int
 
 
 @dataclass(slots=True)
@@ -48,17 +58,33 @@ class Segment:
     discontinuity: bool
     parts: list[Part] = field(default_factory=list)
     duration: float = 0.0
-    data: bytes | None = None
+    complete: bool = False
+    # Bytes so far: the sum of the parts' sizes.
+    size: int = 0
+    # Where the segment was written out to; its parts' bytes are then no longer in memory.
+    spilled: SpilledRange | None = None
+    # A write of this segment is in flight.
+    spilling: bool = False
 
     @property
-    def complete(self) -> bool:
-        return self.data is not None
+    def held(self) -> int:
+        """Bytes of this segment held in memory (each byte once: a segment is its parts)."""
+        return 0 if self.spilled is not None else self.size
 
-    @property
-    def size(self) -> int:
-        if self.data is not None:
-            return len(self.data)
-        return sum(len(p.data) for p in self.parts)
+    def chunks(self, start: int = 0, end: int | None = None) -> list[bytes | memoryview]:
+        """The in-memory bytes of [start, end) as the parts' own buffers or views of them (no copy).
+
+        Only for a segment still in memory (`spilled` is None)."""
+        stop = self.size if end is None else min(end, self.size)
+        out: list[bytes | memoryview] = []
+        for part in self.parts:
+            data = part.data
+            assert data is not None
+            first, last = max(start - part.offset, 0), min(stop - part.offset, part.size)
+            if first >= last:
+                continue
+            out.append(data if first == 0 and last == part.size else memoryview(data)[first:last])
+        return out
 
 
 @dataclass(slots=True)
@@ -66,6 +92,13 @@ class HlsSettings:
     segment_duration: float = 2.0
     part_duration: float = 0.333
     window: int = 6
+    # Complete segments kept in memory (the newest ones); older ones are written to temporary files when the
+    # service gives the stream a spill writer. Viewers' reads bring the ones they fetch back (`HlsStream.read`).
+    memory_segments: int = 0
+    # Write older segments out of memory (to anonymous files in `spill_dir`, the system's temporary folder when
+    # None); False keeps the whole window in memory.
+    spill: bool = True
+    spill_dir: str | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +123,7 @@ class HlsStream:
         settings: HlsSettings,
         stats: SegmenterStats,
         listeners: list[FragmentListener] | None = None,
+        spill_writer: SpillWriter | None = None,
     ) -> None:
         self.app = app
         self.name = name
@@ -130,6 +164,10 @@ class HlsStream:
         self._waiting_keyframe = True
         # Others that take the same fragments (the recorder): shared list, owned by the service.
         self._listeners = listeners if listeners is not None else []
+        self._spill = StreamSpill(spill_writer, settings.window) if spill_writer is not None else None
+        self._closed = False
+        # Written-out segments read back for viewers, most recently read last: msn -> the read.
+        self._read_back: OrderedDict[int, asyncio.Future[bytes]] = OrderedDict()
 
     # ----- lifecycle --------------------------------------------------------------------
 
@@ -347,7 +385,8 @@ class HlsStream:
             )
             for listener in self._listeners:
                 listener.on_fragment(self.app, self.name, fragment)
-        segment.parts.append(Part(len(segment.parts), duration, independent, data))
+        segment.parts.append(Part(len(segment.parts), duration, independent, data, segment.size, len(data)))
+        segment.size += len(data)
         segment.duration += duration
         self._pending = [[] for _ in self._tracks]
         self._part_start = end_dts
@@ -368,19 +407,19 @@ class HlsStream:
         self.current = None
         if not segment.parts:
             return
-        data = b"".join(bytes(p.data) for p in segment.parts)
-        view = memoryview(data)
-        offset = 0
-        for part in segment.parts:
-            size = len(part.data)
-            part.data = view[offset : offset + size]
-            offset += size
-        segment.data = data
+        segment.complete = True
         self.segments.append(segment)
         self._timeline_end = end_dts
         self.max_segment_duration = max(self.max_segment_duration, segment.duration)
+        keep = max(self.settings.memory_segments, 0)
+        if self._spill is not None and len(self.segments) > keep:
+            self._spill_segment(self.segments[-1 - keep])
         while len(self.segments) > self.settings.window:
             dropped = self.segments.popleft()
+            self._read_back.pop(dropped.msn, None)
+            if dropped.spilled is not None and self._spill is not None:
+                self._spill.release(dropped.spilled)
+                dropped.spilled = None
             if dropped.discontinuity:
                 self.discontinuity_sequence += 1
             if dropped.init_id not in {s.init_id for s in self.segments} and (
@@ -389,6 +428,66 @@ class HlsStream:
                 self.inits.pop(dropped.init_id, None)
         self.stats.segments += 1
         self._notify()
+
+    def _spill_segment(self, segment: Segment) -> None:
+        """Write a complete segment out; its parts' bytes are let go once the write is done."""
+        spill = self._spill
+        if spill is None or segment.spilled is not None or segment.spilling:
+            return
+        segment.spilling = True
+        chunks = [p.data for p in segment.parts if p.data is not None]
+
+        def done(spilled: SpilledRange | None) -> None:
+            segment.spilling = False
+            if spilled is None:
+                return
+            if self.find_segment(segment.msn) is not segment or self._closed:
+                # It left the window (or the stream is gone) while being written.
+                spill.release(spilled)
+                return
+            segment.spilled = spilled
+            for part in segment.parts:
+                part.data = None
+
+        spill.store(chunks, segment.size, done)
+
+    async def read(self, segment: Segment, start: int, end: int) -> list[bytes | memoryview]:
+        """Bytes [start, end) of a segment, from memory (views, no copy) or from where it was written out.
+
+        A written-out segment is read back whole, once for every viewer that asks for it meanwhile, and kept
+        for the next ones while it is among the `_READ_BACK` segments read most recently: plain players all
+        fetch the newest segment, so a stream with such viewers holds about one segment, one without none."""
+        spilled = segment.spilled
+        spill = self._spill
+        if spilled is None or spill is None:
+            return segment.chunks(start, end)
+        read = self._read_back.get(segment.msn)
+        if read is None:
+            read = asyncio.ensure_future(spill.read(spilled, 0, spilled.length))
+            self._read_back[segment.msn] = read
+            while len(self._read_back) > _READ_BACK:
+                self._read_back.popitem(last=False)
+        else:
+            self._read_back.move_to_end(segment.msn)
+        try:
+            # Shielded: a viewer that goes away must not cancel the read the others wait for.
+            data = await asyncio.shield(read)
+        except OSError:
+            if self._read_back.get(segment.msn) is read:
+                del self._read_back[segment.msn]
+            raise
+        return [data if (start, end) == (0, len(data)) else memoryview(data)[start:end]]
+
+    def close(self) -> None:
+        """The stream's playlist is gone for good: let its written-out segments go."""
+        self._closed = True
+        self._read_back.clear()
+        if self._spill is not None:
+            for segment in self.segments:
+                if segment.spilled is not None:
+                    self._spill.release(segment.spilled)
+                    segment.spilled = None
+            self._spill.close()
 
     # ----- readers ----------------------------------------------------------------------
 
@@ -437,9 +536,19 @@ class HlsStream:
         return segment.complete
 
     def memory_bytes(self) -> int:
+        """Bytes this stream's HLS holds in memory: init segments, the parts not written out (each once) and the
+        written-out segments read back for viewers.
+
+        Packets waiting for the open part are not counted: they are the hub's, held by its GOP cache anyway."""
         total = sum(len(init) for init in self.inits.values())
-        total += sum(s.size for s in self.segments)
+        total += sum(s.held for s in self.segments)
         if self.current is not None:
             total += self.current.size
-        total += sum(len(p.flv) for packets in self._pending for p in packets)
+        for read in self._read_back.values():
+            if read.done() and not read.cancelled() and read.exception() is None:
+                total += len(read.result())
         return total
+
+    def spilled_bytes(self) -> int:
+        """Bytes of this stream's window held in temporary files instead of memory."""
+        return sum(s.spilled.length for s in self.segments if s.spilled is not None)

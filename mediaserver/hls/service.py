@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -18,7 +20,8 @@ from mediaserver.background import BackgroundTask
 from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.fragments import FragmentListener
 from mediaserver.hls import playlist
-from mediaserver.hls.segmenter import HlsSettings, HlsStream, SegmenterStats
+from mediaserver.hls.segmenter import HlsSettings, HlsStream, Segment, SegmenterStats
+from mediaserver.hls.spill import SpillWriter
 from mediaserver.http.access import PlayAccess, set_play_cookie
 from mediaserver.http.errors import error_response
 from mediaserver.hub import Hub
@@ -50,6 +53,8 @@ class HlsService:
         self.grace_seconds = grace_seconds
         self.streams: dict[str, HlsStream] = {}
         self.stats = SegmenterStats()
+        # One thread writes older segments out of memory for every stream.
+        self.spill_writer = SpillWriter(settings.spill_dir) if settings.spill else None
         # (app, name, skip, gzip) -> (stream version, body)
         self._playlists: dict[tuple[str, str, bool, bool], tuple[int, bytes]] = {}
         self._viewers: dict[tuple[str, str, str], float] = {}
@@ -79,7 +84,9 @@ class HlsService:
         stream = event.stream
         hls = self.streams.get(stream.key)
         if hls is None:
-            hls = HlsStream(stream.app, stream.name, self.settings, self.stats, self.fragment_listeners)
+            hls = HlsStream(
+                stream.app, stream.name, self.settings, self.stats, self.fragment_listeners, self.spill_writer
+            )
             self.streams[stream.key] = hls
         hls.attach(stream.video, stream.audio)
         stream.subscribe(hls)
@@ -89,6 +96,10 @@ class HlsService:
 
     async def stop(self) -> None:
         await self._housekeeping.stop()
+        for hls in self.streams.values():
+            hls.close()
+        if self.spill_writer is not None:
+            self.spill_writer.close()
 
     def _housekeep(self) -> None:
         now = time.monotonic()
@@ -101,6 +112,7 @@ class HlsService:
                 log.info("event=hls_stream_ended stream=%s", key)
             if hls.ended and now - hls.ended_at > self.grace_seconds:
                 del self.streams[key]
+                hls.close()
                 for variant in [k for k in self._playlists if k[0] == hls.app and k[1] == hls.name]:
                     del self._playlists[variant]
                 log.info("event=hls_stream_removed stream=%s", key)
@@ -159,6 +171,12 @@ class HlsService:
         if isinstance(authorized, web.Response):
             return authorized
         grant, stream = authorized
+        # Every playlist request is a player asking (on-demand sources stay up while it reloads); a stream that
+        # an on-demand source brings is started and waited for.
+        # (A playlist kept after its publisher left is not live either: the source restarts and continues it.)
+        self.hub.want(grant.app, grant.name)
+        if self.hub.get(grant.app, grant.name) is None and await self.hub.find(grant.app, grant.name) is not None:
+            stream = self.streams.get(f"{grant.app}/{grant.name}")
         if stream is None:
             return self._error(404, "stream_not_found", "no HLS stream with that name")
         query = request.query
@@ -243,17 +261,20 @@ class HlsService:
             return self._media(request, init, "init")
         if seg_msn is not None:
             segment = stream.find_segment(int(seg_msn))
-            if segment is None or segment.data is None:
+            if segment is None or not segment.complete:
                 return self._error(404, "not_found", "segment not available")
-            return self._media(request, segment.data, "segment")
+            return await self._segment_media(request, stream, segment, 0, segment.size, "segment")
         msn, index = int(part_msn), int(part_index)
         found = await self._wait_part(stream, msn, index)
         if found is None:
             return self._error(404, "not_found", "part not available")
-        return self._media(request, found, "part")
+        segment, part = found, found.parts[index]
+        if part.data is not None:
+            return self._media(request, part.data, "part")
+        return await self._segment_media(request, stream, segment, part.offset, part.offset + part.size, "part")
 
-    async def _wait_part(self, stream: HlsStream, msn: int, index: int) -> bytes | memoryview | None:
-        """A part, waiting for it when it is the one announced by the preload hint."""
+    async def _wait_part(self, stream: HlsStream, msn: int, index: int) -> Segment | None:
+        """The segment holding a part, waiting for the part when it is the one announced by the preload hint."""
         started = time.monotonic()
         timeout = 3 * playlist.target_duration(stream)
         while True:
@@ -261,7 +282,7 @@ class HlsService:
             if segment is not None and index < len(segment.parts):
                 if time.monotonic() - started > 0.001:
                     self.blocked_wait.labels("part").observe(time.monotonic() - started)
-                return segment.parts[index].data
+                return segment
             current = stream.current
             is_next = (current is not None and current.msn == msn and index == len(current.parts)) or (
                 msn == stream.last_msn + 1 and index == 0
@@ -273,6 +294,48 @@ class HlsService:
                 return None
 
     def _media(self, request: web.Request, data: bytes | memoryview, kind: str) -> web.Response:
+        """A resource held as one buffer (init segments, parts of the open segment)."""
+        total = len(data)
+        parsed = self._range(request, total)
+        if isinstance(parsed, web.Response):
+            return parsed
+        start, end = parsed
+        # A range is a view of the buffer, not a copy.
+        body = data if (start, end) == (0, total) else memoryview(data)[start:end]
+        return self._media_response(kind, [body], start, end, total)
+
+    async def _segment_media(
+        self, request: web.Request, stream: HlsStream, segment: Segment, first: int, last: int, kind: str
+    ) -> web.Response:
+        """Bytes [first, last) of a segment (the whole segment, or one of its parts), from memory or from where
+        the segment was written out to."""
+        total = last - first
+        parsed = self._range(request, total)
+        if isinstance(parsed, web.Response):
+            return parsed
+        start, end = parsed
+        try:
+            chunks = await stream.read(segment, first + start, first + end)
+        except OSError as exc:
+            log.warning("event=hls_read_failed stream=%s/%s msn=%d error=%s", stream.app, stream.name, segment.msn, exc)
+            return self._error(500, "read_failed", "the segment could not be read")
+        return self._media_response(kind, chunks, start, end, total)
+
+    def _range(self, request: web.Request, total: int) -> tuple[int, int] | web.Response:
+        """[start, end) to send: the whole resource, the Range asked for, or the 416 answer."""
+        range_header = request.headers.get("Range")
+        if range_header is None:
+            return 0, total
+        parsed = _parse_range(range_header, total)
+        if parsed is None:
+            response = self._error(416, "range_not_satisfiable", "bad or unsatisfiable Range")
+            response.headers["Content-Range"] = f"bytes */{total}"
+            return response
+        return parsed[0], parsed[1] + 1
+
+    def _media_response(
+        self, kind: str, chunks: list[bytes | memoryview], start: int, end: int, total: int
+    ) -> web.Response:
         headers = {
             "Cache-Control": IMMUTABLE,
             "Access-Control-Allow-Origin": "*",
@@ -280,21 +343,31 @@ class HlsService:
             "Accept-Ranges": "bytes",
         }
         content_type = "video/mp4" if kind == "init" else "video/iso.segment"
-        total = len(data)
-        range_header = request.headers.get("Range")
-        if range_header is not None:
-            parsed = _parse_range(range_header, total)
-            if parsed is None:
-                response = self._error(416, "range_not_satisfiable", "bad or unsatisfiable Range")
-                response.headers["Content-Range"] = f"bytes */{total}"
-                return response
-            start, end = parsed
-            headers["Content-Range"] = f"bytes {start}-{end}/{total}"
-            body = bytes(memoryview(data)[start : end + 1])
-            self.bytes_served.labels(kind).inc(len(body))
-            return web.Response(status=206, body=body, content_type=content_type, headers=headers)
-        self.bytes_served.labels(kind).inc(total)
-        return web.Response(body=data, content_type=content_type, headers=headers)
+        status = 200
+        if (start, end) != (0, total):
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        self.bytes_served.labels(kind).inc(end - start)
+        body: bytes | memoryview | Payload = chunks[0] if len(chunks) == 1 else _Chunks(chunks, end - start)
+        return web.Response(status=status, body=body, content_type=content_type, headers=headers)
+
+
+class _Chunks(Payload):
+    """A body sent as several buffers one after the other (a segment's parts), without joining them."""
+
+    _autoclose = True
+
+    def __init__(self, chunks: list[bytes | memoryview], size: int) -> None:
+        super().__init__(chunks)
+        self._chunks = chunks
+        self._size = size
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._chunks).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for chunk in self._chunks:
+            await writer.write(chunk)
 
 
 def _query_int(value: str | None) -> int | None:
@@ -351,6 +424,20 @@ class _HlsCollector(Collector):
         for hls in streams:
             memory.add_metric([f"{hls.app}/{hls.name}"], hls.memory_bytes())
         yield memory
+        spilled = GaugeMetricFamily(
+            "mediaserver_hls_spilled_bytes",
+            "Bytes of the HLS window written to temporary files instead of held in memory, per stream",
+            labels=["stream"],
+        )
+        for hls in streams:
+            spilled.add_metric([f"{hls.app}/{hls.name}"], hls.spilled_bytes())
+        yield spilled
+        writer = self._service.spill_writer
+        yield CounterMetricFamily(
+            "mediaserver_hls_spill_errors",
+            "Segments that could not be written out of memory (kept in memory instead)",
+            value=writer.errors if writer is not None else 0,
+        )
         viewers = GaugeMetricFamily("mediaserver_hls_viewers", "Distinct recent HLS clients", labels=["stream"])
         for key, count in self._service.viewer_counts().items():
             viewers.add_metric([key], count)

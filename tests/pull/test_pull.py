@@ -410,6 +410,11 @@ def test_an_on_demand_camera_starts_with_its_first_player_and_stops_when_idle(  
         )
         assert json.loads(probe.stdout)["streams"]
         assert _metric(server, "mediaserver_pull_sessions_total") == 2
+        # An HLS player starts it too: its first playlist request waits for the first segment.
+        _wait("the idle source to stop again", lambda: "live/gate" not in _streams(server), timeout=15)
+        with urllib.request.urlopen(server.http_url("/hls/live/gate/index.m3u8"), timeout=30) as answer:
+            assert answer.status == 200 and "#EXTINF" in answer.read().decode()
+        assert _metric(server, "mediaserver_pull_sessions_total") == 3
     finally:
         camera.kill()
         camera.wait()
