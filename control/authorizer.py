@@ -19,6 +19,7 @@ from control.security import TokenError, TokenService
 from control.store import Camera, Store
 from mediaserver.auth import AuthResult, Denied, StreamGrant, redact
 from mediaserver.http.access import WANTS_CREDENTIAL
+from mediaserver.transcode.ladder import split_rung_stream
 
 log = logging.getLogger("control.authorizer")
 
@@ -44,8 +45,16 @@ def peer_ip(peer: str) -> str:
 
 class DatabaseAuthorizer:
     def __init__(
-        self, store: Store, tokens: TokenService, audit: Audit, app: str = "live", cache_ttl: float = 30.0
+        self,
+        store: Store,
+        tokens: TokenService,
+        audit: Audit,
+        app: str = "live",
+        cache_ttl: float = 30.0,
+        rungs: tuple[str, ...] = (),
     ) -> None:
+        # ABR rung names ([transcode] ladder): live/<camera>_720p plays with the camera's own rights.
+        self._rungs = rungs
         self._store = store
         self._tokens = tokens
         self._audit = audit
@@ -113,9 +122,12 @@ class DatabaseAuthorizer:
     async def authorize_play(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult:
         if app != self.app:
             return Denied("unknown_app")
-        camera = await self.camera_by_id(name)
+        # A rung of the camera's ladder is the camera's picture: the same rights, the rung's own stream.
+        rung = split_rung_stream(name, self._rungs)
+        camera = await self.camera_by_id(rung[0] if rung is not None else name)
         if camera is None:
             return Denied("unknown_camera")
+        stream = name if rung is not None else camera.id
         if camera.private:
             token = params.get("token", "")
             try:
@@ -124,13 +136,11 @@ class DatabaseAuthorizer:
             except TokenError as exc:
                 return Denied(str(exc))
             if WANTS_CREDENTIAL not in params:
-                return StreamGrant(app, camera.id, camera_id=camera.id)
+                return StreamGrant(app, stream, camera_id=camera.id)
             # A fresh token for each playlist reload renews the HLS viewer's cookie; parts and segments mint none.
             fresh, _ = self._tokens.issue_play(camera.id)
-            return StreamGrant(
-                app, camera.id, camera_id=camera.id, credential=fresh, credential_ttl=self._tokens.play_ttl
-            )
-        return StreamGrant(app, camera.id, camera_id=camera.id)
+            return StreamGrant(app, stream, camera_id=camera.id, credential=fresh, credential_ttl=self._tokens.play_ttl)
+        return StreamGrant(app, stream, camera_id=camera.id)
 
     async def _deny(self, peer: str, reason: str, app: str, key: str, camera_id: str = "") -> Denied:
         ip = peer_ip(peer)

@@ -54,6 +54,7 @@ from mediaserver.hub import HubView
 from mediaserver.recording.indexes import IndexCache
 from mediaserver.recording.storage import LocalTier, Tier
 from mediaserver.snapshot import Snapshotter
+from mediaserver.transcode.ladder import parse_ladder
 
 log = logging.getLogger("control.plane")
 
@@ -150,8 +151,9 @@ class ControlPlane:
             if config.redis.url
             else MemoryRateLimiter()
         )
+        rungs = tuple(rung.name for rung in parse_ladder(config.transcode.ladder)) if config.transcode.streams else ()
         self.authorizer = DatabaseAuthorizer(
-            self.store, self.tokens, self.audit, config.api.publish_app, config.api.authorizer_cache_ttl
+            self.store, self.tokens, self.audit, config.api.publish_app, config.api.authorizer_cache_ttl, rungs
         )
         # Camera snapshots: decoded from the hub's cached keyframes on request, in worker threads.
         self.snapshots = Snapshotter.from_config(config.snapshot, hub)

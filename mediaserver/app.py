@@ -26,6 +26,7 @@ from mediaserver.recording.recorder import LogSink, PatternPolicy, Recorder, Rec
 from mediaserver.relay.service import RelayService
 from mediaserver.rtmp.context import RtmpContext
 from mediaserver.rtmp.server import start_rtmp, tls_context
+from mediaserver.transcode.service import TranscodeService
 from mediaserver.webrtc.service import WebrtcService
 
 log = logging.getLogger("mediaserver")
@@ -124,6 +125,14 @@ class MediaServer:
             self.control.attach_pull(self.pull)
         # Live streams pushed to other RTMP(S) servers ([relay] pushes).
         self.relay = RelayService(self.hub, config.relay, self.metrics.registry)
+        # ABR ladders ([transcode]): rungs published as streams of their own, and the master playlist, whose route
+        # goes before the HLS ones (their /hls/{app}/{name}/{file} would take it).
+        hls_viewers = self.hls.viewer_counts if self.hls is not None else None
+        self.transcode = TranscodeService(
+            self.hub, config.transcode, self.metrics.registry, self.play_access, hls_viewers
+        )
+        if config.hls.enabled:
+            routes[:0] = self.transcode.routes()
         self.http_app = create_app(self.hub, self.metrics, routes)
         if self.control is not None:
             self.control.install(self.http_app)
@@ -142,6 +151,7 @@ class MediaServer:
             self.webrtc.start()
         self.pull.start()
         self.relay.start()
+        self.transcode.start()
         rtmp = self.config.rtmp
         self._servers.append(await start_rtmp(self.rtmp_context, rtmp.host, rtmp.port))
         rtmps = self.config.rtmps
@@ -157,6 +167,7 @@ class MediaServer:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        await self.transcode.stop()
         await self.pull.stop()
         await self.relay.stop()
         if self.webrtc is not None:

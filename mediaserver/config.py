@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mediaserver.transcode.ladder import DEFAULT_LADDER, X264_PRESETS, LadderError, parse_ladder
+
 
 class ConfigError(ValueError):
     pass
@@ -245,6 +247,29 @@ class RelayConfig:
 
 
 @dataclass(slots=True)
+class TranscodeConfig:
+    # ABR rungs "name:WIDTHxHEIGHT:bitrate", each published as the stream `<name>_<rung>` (live/cam_720p). A
+    # source gets the rungs below its own height (never upscaled); the original is the top rung, not re-encoded.
+    ladder: list[str] = field(default_factory=lambda: list(DEFAULT_LADDER))
+    # Streams that have a ladder: "app/name" patterns (fnmatch), e.g. ["live/*"]; empty: none.
+    streams: list[str] = field(default_factory=list)
+    # Transcode every matching stream while it is live; off: only while someone watches a rung.
+    always_on: bool = False
+    # Seconds without rung players (or master playlist requests) before a ladder stops.
+    idle: float = 30.0
+    # Seconds a player asking for a rung waits for it to come up.
+    wait: float = 10.0
+    # libx264 preset of every rung.
+    preset: str = "veryfast"
+    # Ladders (worker processes, one per source stream) at once; more are refused.
+    workers: int = 4
+    # Threads per worker for decoding, scaling and each rung's encoder.
+    threads: int = 2
+    # Source packets queued for a worker before it skips to the next keyframe.
+    queue_packets: int = 600
+
+
+@dataclass(slots=True)
 class RecordingConfig:
     enabled: bool = True
     # Where recordings go (the hot tier); empty: `<server.data_dir>/recordings`.
@@ -352,6 +377,7 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     pull: PullConfig = field(default_factory=PullConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -382,6 +408,7 @@ class Config:
         for push in relay.pushes:
             if not push.partition("=")[2].strip().lower().startswith(("rtmp://", "rtmps://")):
                 raise ConfigError("relay.pushes entries look like 'live/cam=rtmp://host/app/key'")
+        self._validate_transcode()
         if self.auth.publish_mode not in ("open", "static", "database"):
             raise ConfigError(
                 f"auth.publish_mode must be 'open', 'static' or 'database', not {self.auth.publish_mode!r}"
@@ -422,6 +449,19 @@ class Config:
                 raise ConfigError(f"webrtc.ice_servers: {url!r} is not a stun:, turn: or turns: URL")
         if bool(self.rtmps.cert_file) != bool(self.rtmps.key_file):
             raise ConfigError("rtmps.cert_file and rtmps.key_file must be set together")
+
+    def _validate_transcode(self) -> None:
+        tc = self.transcode
+        try:
+            parse_ladder(tc.ladder)
+        except LadderError as exc:
+            raise ConfigError(f"transcode.ladder: {exc}") from exc
+        if tc.preset not in X264_PRESETS:
+            raise ConfigError(f"transcode.preset must be one of {', '.join(X264_PRESETS)}")
+        if not (1 <= tc.idle <= 86400 and 0 < tc.wait <= 120):
+            raise ConfigError("transcode.idle must be within 1..86400 s and transcode.wait within 0..120 s")
+        if not (1 <= tc.workers <= 256 and 1 <= tc.threads <= 64 and tc.queue_packets >= 16):
+            raise ConfigError("transcode.workers within 1..256, threads within 1..64, queue_packets at least 16")
 
     def _validate_tiers(self) -> None:
         rec = self.recording

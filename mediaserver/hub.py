@@ -100,6 +100,11 @@ class Stream:
         self.fps = 0.0
 
     @property
+    def derived(self) -> bool:
+        """Made by the server from another stream (an ABR rung): not recorded or relayed of its own."""
+        return self.publisher.protocol in DERIVED_PROTOCOLS
+
+    @property
     def key(self) -> str:
         return f"{self.app}/{self.name}"
 
@@ -267,6 +272,8 @@ class Stream:
 
 
 StreamListener = Callable[[StreamEvent], None]
+# Publishers that are the server's own, making a stream out of another one (mediaserver.transcode's rungs).
+DERIVED_PROTOCOLS = frozenset({"transcode"})
 # (app, name) -> whether the stream is live now, having been started for the asking player.
 DemandHandler = Callable[[str, str], Awaitable[bool]]
 
@@ -299,7 +306,8 @@ class Hub:
         self.idle_timeout = idle_timeout
         self.drops = DropCounter()
         self._listeners: list[StreamListener] = []
-        self._demand: DemandHandler | None = None
+        # Tried in order when a player asks for a stream that is not live (pull on-demand sources, ABR rungs).
+        self._demand: list[DemandHandler] = []
         # Stream key -> monotonic time a player last asked for it (HLS requests, RTMP and WHEP plays).
         self.wanted: dict[str, float] = {}
         self._housekeeping = BackgroundTask.every(1.0, self._housekeep, "hub_housekeeping")
@@ -322,10 +330,10 @@ class Hub:
     def get(self, app: str, name: str) -> Stream | None:
         return self.streams.get(f"{app}/{name}")
 
-    def set_demand(self, handler: DemandHandler) -> None:
-        """Who starts a stream that is not live when a player asks for it (the pull service's on-demand
-        sources)."""
-        self._demand = handler
+    def add_demand(self, handler: DemandHandler) -> None:
+        """One more who may start a stream that is not live when a player asks for it (the pull service's
+        on-demand sources, the transcoder's ABR rungs); handlers are asked in order until one brings it."""
+        self._demand.append(handler)
 
     def want(self, app: str, name: str) -> None:
         """A player asked for this stream now (on-demand sources stop after some time without any)."""
@@ -336,8 +344,11 @@ class Hub:
         and waited for (up to the source's wait time)."""
         self.want(app, name)
         stream = self.get(app, name)
-        if stream is None and self._demand is not None and await self._demand(app, name):
-            stream = self.get(app, name)
+        for handler in self._demand:
+            if stream is not None:
+                break
+            if await handler(app, name):
+                stream = self.get(app, name)
         return stream
 
     def list(self) -> list[Stream]:

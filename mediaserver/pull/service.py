@@ -60,7 +60,7 @@ class PullService:
         self._started_at: dict[str, float] = {}
         self._idle_check = BackgroundTask.every(1.0, self._stop_idle, "pull_idle")
         hub.listen(self._on_hub_event)
-        hub.set_demand(self.demand)
+        hub.add_demand(self.demand)
         for entry in config.sources:
             app, name, url = parse_source(entry)
             try:

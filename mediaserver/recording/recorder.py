@@ -215,6 +215,8 @@ class Recorder:
 
     def on_hub_event(self, event: StreamEvent) -> None:
         key = event.key
+        if event.stream.derived:
+            return  # an ABR rung: its source is what is recorded
         if event.kind is StreamEventKind.STARTED:
             state = self.streams.setdefault(key, _StreamState(event.stream.app, event.stream.name))
             state.instance = secrets.token_hex(8)

@@ -61,8 +61,8 @@ class RelayService:
         await asyncio.gather(*(session.stop("shutdown") for session in sessions))
 
     def _on_hub_event(self, event: StreamEvent) -> None:
-        if not self._running:
-            return
+        if not self._running or event.stream.derived:
+            return  # ABR rungs are not pushed: a target gets the source as it came in
         if event.kind is StreamEventKind.STARTED:
             self._stream_started(event.stream.app, event.stream.name)
         elif event.kind is StreamEventKind.STOPPED:

@@ -141,3 +141,25 @@ async def test_hls_asks_the_database_authorizer(api_factory: Any) -> None:
         assert (await client.get(f"/hls/live/{private['id']}/seg-1.m4s?token={other}")).status == 403
     finally:
         await client.close()
+
+
+async def test_abr_rungs_play_with_their_cameras_rights(api_factory: Any) -> None:
+    api = await api_factory(transcode={"streams": ["live/*"], "ladder": ["720p:1280x720:2500k", "480p:854x480:1000k"]})
+    admin = await api.token(Role.ADMIN)
+    private = await api.camera(admin, name="private")
+    public = await api.camera(admin, name="public", private=False)
+    auth = api.plane.authorizer
+    # The grant names the rung (the player gets the rung, not the original).
+    granted = await auth.authorize_play("live", f"{public['id']}_480p", {}, "p:1")
+    assert granted == StreamGrant("live", f"{public['id']}_480p", camera_id=public["id"])
+    assert await auth.authorize_play("live", f"{public['id']}_360p", {}, "p:1") == Denied("unknown_camera")
+    assert await auth.authorize_play("live", f"{'f' * 32}_720p", {}, "p:1") == Denied("unknown_camera")
+    # A private camera's play token opens its rungs, and no other camera's.
+    token, _ = api.plane.tokens.issue_play(private["id"])
+    rung = await auth.authorize_play("live", f"{private['id']}_720p", {"token": token}, "p:1")
+    assert isinstance(rung, StreamGrant) and rung.name == f"{private['id']}_720p"
+    assert await auth.authorize_play("live", f"{private['id']}_720p", {}, "p:1") == Denied("bad_play_token")
+    other, _ = api.plane.tokens.issue_play(public["id"])
+    assert await auth.authorize_play("live", f"{private['id']}_720p", {"token": other}, "p:1") == Denied(
+        "bad_play_token"
+    )
