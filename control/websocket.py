@@ -26,7 +26,7 @@ from control.api.base import CAMERA_ID, ApiError
 from control.api.cameras import camera_view, rotate_camera_key, set_camera_enabled
 from control.api.recordings import switch_recording
 from control.events import Event, EventBus
-from control.events.bus import dumps
+from control.events.bus import Replayable, dumps
 from control.rbac import Permission
 from control.services import Principal, Services, client_ip
 from mediaserver.config import EventsConfig
@@ -76,7 +76,7 @@ class Client:
         return event.permission in self.who.permissions and in_rooms(self.rooms, event)
 
 
-def in_rooms(rooms: set[str], event: Event) -> bool:
+def in_rooms(rooms: set[str], event: Event | Replayable) -> bool:
     return "all" in rooms or (event.camera_id is not None and f"camera:{event.camera_id}" in rooms)
 
 
@@ -358,7 +358,7 @@ class WebSocketGateway:
             )
             return
         since = message.get("since")
-        replay: list[Event] | None = []
+        replay: list[Replayable] | None = []
         if isinstance(since, int) and not isinstance(since, bool):
             replay = self._bus.since(since)
         before = set(client.rooms)

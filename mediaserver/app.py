@@ -4,6 +4,7 @@ control plane, built and started together. The only data-plane module that impor
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -163,6 +164,10 @@ class MediaServer:
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port, reuse_address=True)
         await site.start()
         log.info("event=listening protocol=http address=%s:%d", self.config.http.host, self.config.http.port)
+        # Everything built so far (modules, codecs, the ORM, the routes) lives as long as the process: out of the
+        # collector's sight, so that a full collection scans only what came later (it held the loop for up to
+        # 0.3 s with a thousand WebSocket clients).
+        gc.freeze()
 
     async def stop(self) -> None:
         for server in self._servers:
