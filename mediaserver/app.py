@@ -134,6 +134,8 @@ class MediaServer:
         )
         if config.hls.enabled:
             routes[:0] = self.transcode.routes()
+        if self.hls is not None:
+            self.hls.renditions = self.transcode.renditions
         self.http_app = create_app(self.hub, self.metrics, routes)
         if self.control is not None:
             self.control.install(self.http_app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 from mediaserver.hls.segmenter import HlsStream, Segment
 
@@ -29,8 +30,21 @@ def skip_until(stream: HlsStream) -> float:
     return 6 * target_duration(stream)
 
 
-def render(stream: HlsStream, skip: bool = False) -> str:
-    """The playlist as it stands; with `skip`, older segments become one EXT-X-SKIP (delta update)."""
+def last_part(stream: HlsStream) -> tuple[int, int] | None:
+    """(media sequence number, part index) of the newest part of `stream`, None when it has none."""
+    current = stream.current
+    if current is not None and current.parts:
+        return current.msn, len(current.parts) - 1
+    for segment in reversed(stream.segments):
+        if segment.parts:
+            return segment.msn, len(segment.parts) - 1
+    return None
+
+
+def render(stream: HlsStream, skip: bool = False, renditions: Sequence[HlsStream] = ()) -> str:
+    """The playlist as it stands; with `skip`, older segments become one EXT-X-SKIP (delta update).
+    `renditions` are the other renditions of the same picture (an ABR ladder's rungs): each gets an
+    EXT-X-RENDITION-REPORT, so a player switching to it knows where to join."""
     target = target_duration(stream)
     part = part_target(stream)
     lines = [
@@ -97,4 +111,10 @@ def render(stream: HlsStream, skip: bool = False) -> str:
         else:
             hint = (stream.last_msn + 1, 0)
         lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="part-{hint[0]}-{hint[1]}.m4s"')
+    for other in renditions:
+        newest = last_part(other)
+        if newest is not None and not other.ended:
+            lines.append(
+                f'#EXT-X-RENDITION-REPORT:URI="../{other.name}/index.m3u8",LAST-MSN={newest[0]},LAST-PART={newest[1]}'
+            )
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ import gzip
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -56,7 +56,10 @@ class HlsService:
         # One thread writes older segments out of memory for every stream.
         self.spill_writer = SpillWriter(settings.spill_dir) if settings.spill else None
         # (app, name, skip, gzip) -> (stream version, body)
-        self._playlists: dict[tuple[str, str, bool, bool], tuple[int, bytes]] = {}
+        self._playlists: dict[tuple[str, str, bool, bool], tuple[tuple[int, ...], bytes]] = {}
+        # The other renditions of a stream's picture (app, name) -> names: an ABR ladder's, set by the
+        # composition root when there is one.
+        self.renditions: Callable[[str, str], list[str]] | None = None
         self._viewers: dict[tuple[str, str, str], float] = {}
         self._housekeeping = BackgroundTask.every(1.0, self._housekeep, "hls_housekeeping")
         self.playlist_requests = Counter(
@@ -232,15 +235,23 @@ class HlsService:
         return response
 
     def _rendered(self, stream: HlsStream, skip: bool, gzipped: bool) -> bytes:
-        """The playlist as bytes, rendered (and compressed) once per change of the stream, not per request."""
+        """The playlist as bytes, rendered (and compressed) once per change of the stream (or of the other
+        renditions it reports on), not per request."""
         key = (stream.app, stream.name, skip, gzipped)
+        others: list[HlsStream] = []
+        if self.renditions is not None:
+            for name in self.renditions(stream.app, stream.name):
+                other = self.streams.get(f"{stream.app}/{name}")
+                if other is not None:
+                    others.append(other)
+        version = (stream.version, *(other.version for other in others))
         cached = self._playlists.get(key)
-        if cached is not None and cached[0] == stream.version:
+        if cached is not None and cached[0] == version:
             return cached[1]
-        body = playlist.render(stream, skip=skip).encode()
+        body = playlist.render(stream, skip=skip, renditions=others).encode()
         if gzipped:
             body = gzip.compress(body, compresslevel=5, mtime=0)
-        self._playlists[key] = (stream.version, body)
+        self._playlists[key] = (version, body)
         return body
 
     async def handle_file(self, request: web.Request) -> web.Response:

@@ -186,6 +186,11 @@ def test_a_rung_comes_up_on_demand_aligned_listed_restarted_and_stopped(
         # The rungs are live by the time the player asks for their media playlists.
         status, media = _get(server, f"/hls/live/x_240p/index.m3u8?key={KEY}")
         assert status == 200 and "#EXTINF" in media, media
+        # Each LL-HLS media playlist reports where the other renditions are (a player switching joins there).
+        reports = re.findall(
+            r'#EXT-X-RENDITION-REPORT:URI="\.\./(x[^/"]*)/index\.m3u8",LAST-MSN=\d+,LAST-PART=\d+', media
+        )
+        assert sorted(reports) == ["x", "x_180p"], media
 
         # A worker that dies is restarted while the ladder is wanted (the HLS player above counts).
         second = _workers(server)[-1]
