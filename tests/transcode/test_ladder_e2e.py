@@ -217,3 +217,27 @@ def test_a_rung_comes_up_on_demand_aligned_listed_restarted_and_stopped(
         if publisher.poll() is None:
             publisher.kill()
             publisher.wait()
+
+
+@pytest.mark.slow
+async def test_a_webrtc_viewer_picks_a_rung(server_factory: Callable[..., ServerProcess]) -> None:
+    from tests.webrtc.helpers import WEBRTC_ENV, wait_until, whep_play
+
+    server = server_factory({**_env(), **WEBRTC_ENV})
+    publisher = ffmpeg_publish(server.rtmp_url("live/w"), 30, size="640x360", rate=25, gop=25)
+    try:
+        wait_for_stream(server, "live", "w")
+        # WHEP asks the hub for the rung: the ladder starts for this viewer, who gets the rung's pictures.
+        pc, answer, received = await whep_play(server, f"/whep/live/w_180p?key={KEY}", audio=False)
+        assert answer.status == 201, answer.body
+        try:
+            assert await wait_until(lambda: len(received.video) >= 10, 20.0), "no rung frames over WebRTC"
+            frame = received.video[-1]
+            assert (frame.width, frame.height) == (320, 180)
+        finally:
+            await pc.close()
+            for task in received.tasks:
+                task.cancel()
+    finally:
+        publisher.kill()
+        publisher.wait()
