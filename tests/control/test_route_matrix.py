@@ -33,6 +33,7 @@ DATA_PLANE: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/streams"): PUBLIC,
     ("GET", "/api/v1/streams/{app}/{name}"): PUBLIC,
     ("GET", "/hls/{app}/{name}/index.m3u8"): PLAY,
+    ("GET", "/hls/{app}/{name}/master.m3u8"): PLAY,
     ("GET", "/hls/{app}/{name}/{file}"): PLAY,
     ("OPTIONS", "/hls/{app}/{name}/{file}"): PUBLIC,
     ("POST", "/whep/{app}/{name}"): PLAY,
