@@ -10,8 +10,9 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 # CAMERA_SIZE ("1280x720") and CAMERA_KBPS set the picture; the defaults keep tests light.
 WIDTH, HEIGHT = os.environ.get("CAMERA_SIZE", "320x240").split("x")
@@ -43,7 +44,12 @@ def main() -> None:
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()
         token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(sys.argv[2], sys.argv[3]), token)
+        if os.environ.get("CAMERA_AUTH") == "digest":
+            # Digest only (what Hikvision and Dahua cameras ask for by default): Basic is refused.
+            auth.add_digest(sys.argv[2], sys.argv[3], token)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        else:
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(sys.argv[2], sys.argv[3]), token)
         server.set_auth(auth)
         permissions = GstRtspServer.RTSPPermissions()
         permissions.add_role("viewer")

@@ -147,12 +147,12 @@ def test_urls_are_shown_without_credentials_and_entries_are_checked() -> None:
 # ----- a real camera stand-in ----------------------------------------------------------------------------------
 
 
-def _start_camera(port: int, audio: str = "aac") -> subprocess.Popen[str]:
+def _start_camera(port: int, audio: str = "aac", auth: str = "basic") -> subprocess.Popen[str]:
     if not Path(SYSTEM_PYTHON).exists() or shutil.which("gst-launch-1.0") is None:
         pytest.fail("GStreamer's RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) is not installed (.ci/run does)")
     camera = subprocess.Popen(
         [SYSTEM_PYTHON, str(CAMERA), str(port), USER, PASSWORD],
-        env={**os.environ, "CAMERA_AUDIO": audio},
+        env={**os.environ, "CAMERA_AUDIO": audio, "CAMERA_AUTH": auth},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -253,17 +253,26 @@ def test_a_pulled_rtsp_camera_plays_and_comes_back(server_factory, camera_port: 
 
 @pytest.mark.slow
 def test_a_wrong_password_is_an_error_without_the_password(server_factory, camera_port: int) -> None:  # type: ignore[no-untyped-def]
-    camera = _start_camera(camera_port)
+    # The camera takes Digest authentication only, as Hikvision and Dahua cameras do by default.
+    camera = _start_camera(camera_port, auth="digest")
     wrong = "not-the-password-either"
     server: ServerProcess = server_factory(
         {
-            "MEDIASERVER_PULL_SOURCES": json.dumps([f"live/gate=rtsp://{USER}:{wrong}@127.0.0.1:{camera_port}/cam"]),
+            "MEDIASERVER_PULL_SOURCES": json.dumps(
+                [
+                    f"live/gate=rtsp://{USER}:{wrong}@127.0.0.1:{camera_port}/cam",
+                    f"live/door=rtsp://{USER}:{PASSWORD}@127.0.0.1:{camera_port}/cam",
+                ]
+            ),
             "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true",
         }
     )
     try:
         _wait("the source to fail", lambda: _metric(server, "mediaserver_pull_sources", '{state="error"}') == 1)
         assert "live/gate" not in _streams(server)
+        # The right password gets through the Digest challenge, and the stream plays.
+        codecs = sorted(s["codec_name"] for s in _played_streams(server, "live/door"))
+        assert codecs == ["aac", "h264"]
     finally:
         camera.kill()
         camera.wait()
