@@ -177,8 +177,9 @@ class HlsService:
         # Every playlist request is a player asking (on-demand sources stay up while it reloads); a stream that
         # an on-demand source brings is started and waited for.
         # (A playlist kept after its publisher left is not live either: the source restarts and continues it.)
-        self.hub.want(grant.app, grant.name)
-        if self.hub.get(grant.app, grant.name) is None and await self.hub.find(grant.app, grant.name) is not None:
+        if self.hub.get(grant.app, grant.name) is not None:
+            self.hub.want(grant.app, grant.name)
+        elif await self.hub.find(grant.app, grant.name) is not None:  # find marks the stream as wanted too
             stream = self.streams.get(f"{grant.app}/{grant.name}")
         if stream is None:
             return self._error(404, "stream_not_found", "no HLS stream with that name")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mediaserver.rtmp.client import RtmpClient
-from tests.conftest import ServerProcess, ffmpeg_publish, require, wait_for_stream
+from tests.conftest import ServerProcess, ffmpeg_publish, require, self_signed_cert, wait_for_stream
 
 
 def ffprobe_json(url: str, *args: str, timeout: float = 20) -> dict[str, object]:
@@ -197,28 +197,7 @@ def test_static_keys_refuse_a_wrong_key(server_factory) -> None:  # type: ignore
 
 
 def test_rtmps_publish_and_play(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            require("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    cert, key = self_signed_cert(tmp_path)
     srv = server_factory({"MEDIASERVER_RTMPS_CERT_FILE": str(cert), "MEDIASERVER_RTMPS_KEY_FILE": str(key)}, rtmps=True)
     url = f"rtmps://127.0.0.1:{srv.rtmps_port}/live/secure"
     publisher = ffmpeg_publish(url, 8)

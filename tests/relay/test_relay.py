@@ -18,7 +18,7 @@ import pytest
 
 from mediaserver.config import ConfigError, load_config
 from mediaserver.relay.rules import parse_rule, parse_target
-from tests.conftest import ServerProcess, ffmpeg_publish, free_port, require, wait_for_stream
+from tests.conftest import ServerProcess, ffmpeg_publish, free_port, require, self_signed_cert, wait_for_stream
 from tests.recording.helpers import wait_until
 
 KEY = "relay-k3y-never-logged"
@@ -209,35 +209,6 @@ def _metrics_text(server: ServerProcess) -> str:
     return server.get_text("/metrics")
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (as a subjectAltName, which TLS clients check), its own CA."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            require("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
-
-
 def _publish_hevc(url: str, seconds: float, errors: list[BaseException]) -> None:
     """H.265 over Enhanced RTMP from PyAV's FFmpeg 8 (Debian's ffmpeg 5.1 cannot send it), at camera pace."""
     import av
@@ -268,7 +239,7 @@ def _publish_hevc(url: str, seconds: float, errors: list[BaseException]) -> None
 def test_hevc_goes_through_unchanged_to_an_rtmps_target(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import av
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     b = server_factory(
         {
             "MEDIASERVER_RTMPS_CERT_FILE": str(cert),
