@@ -47,7 +47,7 @@ class CameraLiveTracker:
 
     def on_hub_event(self, event: StreamEvent) -> None:
         stream = event.stream
-        if stream.app != self._app or not CAMERA_ID.match(stream.name):
+        if stream.app != self._app or not CAMERA_ID.match(stream.name) or stream.is_copy:
             return
         if event.kind in (StreamEventKind.STARTED, StreamEventKind.STOPPED):
             self._worker.put((event.kind, stream.name, stream.publisher.peer, int(stream.bitrate)))

@@ -34,6 +34,7 @@ from control.api.base import ApiError, ApiRoute, Handler, QueryTokenAuth
 from control.audit import SYSTEM, Audit
 from control.authorizer import DatabaseAuthorizer
 from control.events import EventBus, EventName
+from control.events.machine import MachineRelay
 from control.events.redis import RedisRelay
 from control.events.streams import StreamEvents
 from control.figures import FiguresCollector, LiveFigures
@@ -200,7 +201,7 @@ class ControlPlane:
         events = config.events
         node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.events = EventBus(node_id, events.replay_events, events.replay_seconds, registry)
-        self.relay = (
+        self.relay: RedisRelay | MachineRelay | None = (
             RedisRelay(self.events, config.redis.url, config.redis.key_prefix, registry) if config.redis.url else None
         )
         self.services.events = self.live.events = self.pulled.events = self.recording_index.events = self.events
@@ -262,9 +263,11 @@ class ControlPlane:
         """The composition root hands over the data plane's pull service (cameras with a source_url)."""
         self.pulled.pull = pull
 
-    async def start(self) -> None:
-        if not self.tokens.ready:
-            self.tokens.use_secret(load_or_create_secret(Path(self.config.server.data_dir) / "jwt_secret"))
+    async def prepare(self) -> None:
+        """The start-up steps done once per machine, before any stream: the schema, the first admin, the embedded
+        database's stale camera status and the recording index against the disk (a crash may have cut files short).
+        A lone process does them in `start`; the parent of worker processes does them before it starts any."""
+        self._load_secret()
         if self.store.is_sqlite or self.config.database.auto_migrate:
             await self.store.migrate()
         else:
@@ -274,23 +277,41 @@ class ControlPlane:
             # One node owns the embedded database: cameras marked online by a previous run are not.
             async with self.store.sessions.begin() as session:
                 await session.execute(update(Camera).where(Camera.status == "online").values(status="offline"))
+        if self.config.recording.enabled:
+            await self.recording_index.reconcile()
+
+    def _load_secret(self) -> None:
+        if not self.tokens.ready:
+            self.tokens.use_secret(load_or_create_secret(Path(self.config.server.data_dir) / "jwt_secret"))
+
+    def attach_machine_relay(self, relay: MachineRelay) -> None:
+        """Workers of one machine without Redis: events go to the other workers through their parent."""
+        if self.relay is None:
+            self.relay = relay
+
+    async def start(self, prepared: bool = False, machine_jobs: bool = True) -> None:
+        """`prepared`: the parent did `prepare`; `machine_jobs`: this process runs the machine-wide jobs (tier
+        moves and retention, samples, alerts, dashboard figures): one worker of a machine, or a lone process."""
+        if prepared:
+            self._load_secret()
+        else:
+            await self.prepare()
         self.hub.listen(self.stream_events.on_hub_event)
         if self.relay is not None:
             self.relay.start()
         self.websocket.start()
         self.live.start()
         self.pulled.start()
-        if self.config.recording.enabled:
-            # Before anything records: the index follows the disk (a crash may have cut files short).
-            await self.recording_index.reconcile()
         self.recording_index.start()
-        await self.recording_tiers.start()
-        for task in self._tasks:
-            task.start()
+        if machine_jobs:
+            await self.recording_tiers.start()
+            for task in self._tasks:
+                task.start()
         log.info(
-            "event=control_plane_started database=%s publish_mode=%s",
+            "event=control_plane_started database=%s publish_mode=%s machine_jobs=%s",
             self.store.safe_url,
             self.config.auth.publish_mode,
+            machine_jobs,
         )
 
     async def bootstrap_admin(self) -> None:

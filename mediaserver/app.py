@@ -7,13 +7,22 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
+from control.events.machine import MachineRelay
 from control.plane import ControlPlane
 from mediaserver.auth import AllowAll, Authorizer, StaticKeys
+from mediaserver.cluster.edge import EdgeService, InternalPlayOnly
+from mediaserver.cluster.gateway import WorkerGateway
+from mediaserver.cluster.link import MachineLink
+from mediaserver.cluster.redis_registry import NodeEntry, RedisRegistry
+from mediaserver.cluster.registry import StreamRegistry
+from mediaserver.cluster.role import WorkerRole
+from mediaserver.cluster.tokens import ClusterAuthorizer
 from mediaserver.config import Config
 from mediaserver.hls.segmenter import HlsSettings
 from mediaserver.hls.service import HlsService
@@ -26,7 +35,7 @@ from mediaserver.pull.service import PullService
 from mediaserver.recording.recorder import LogSink, PatternPolicy, Recorder, RecordingSink, RecordPolicy
 from mediaserver.relay.service import RelayService
 from mediaserver.rtmp.context import RtmpContext
-from mediaserver.rtmp.server import start_rtmp, tls_context
+from mediaserver.rtmp.server import start_rtmp, start_rtmp_unix, tls_context
 from mediaserver.transcode.service import TranscodeService
 from mediaserver.webrtc.service import WebrtcService
 
@@ -45,9 +54,23 @@ def make_authorizer(config: Config, control: ControlPlane | None = None) -> Auth
     return AllowAll()
 
 
+def node_entry(config: Config, worker: int) -> NodeEntry:
+    """This node and worker as the Redis registry shows them to the other nodes."""
+    cluster = config.cluster
+    host = socket.gethostname()
+    return NodeEntry(
+        cluster.node_id or host,
+        worker,
+        cluster.advertise_rtmp or f"rtmp://{host}:{config.rtmp.port}",
+        cluster.advertise_http or f"http://{host}:{config.http.port}",
+    )
+
+
 class MediaServer:
-    def __init__(self, config: Config, authorizer: Authorizer | None = None) -> None:
+    def __init__(self, config: Config, authorizer: Authorizer | None = None, role: WorkerRole | None = None) -> None:
+        """`role`: this process is one worker of a machine (its parent supervises it); None: a lone process."""
         self.config = config
+        self.role = role
         self.hub = Hub(
             max_gop_bytes=config.hub.gop_cache_max_bytes,
             idle_timeout=config.rtmp.idle_timeout,
@@ -59,11 +82,14 @@ class MediaServer:
         # The control plane (store, REST API, database authorizer) unless api.enabled = false.
         self.control = ControlPlane(config, self.hub, registry=self.metrics.registry) if config.api.enabled else None
         self.authorizer = authorizer or make_authorizer(config, self.control)
+        if config.cluster.secret:
+            self.authorizer = ClusterAuthorizer(self.authorizer, config.cluster.secret)
         self.rtmp_context = RtmpContext(config.rtmp, self.hub, self.authorizer, self.metrics)
         # One play-authorization path for HLS and WHEP (RTMP play asks the same authorizer).
         self.play_access = PlayAccess(self.authorizer, self.metrics.registry)
         stats_gate: StatsGate = self.control.stats_gate if self.control is not None else OpenStats()
         self._servers: list[asyncio.Server] = []
+        self._stop_requested = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.hls: HlsService | None = None
         routes = []
@@ -121,7 +147,9 @@ class MediaServer:
             )
             routes.extend(self.webrtc.routes())
         # Cameras that serve their stream (RTSP, RTMP, HTTP-FLV) and wait to be read.
-        self.pull = PullService(self.hub, config.pull, self.metrics.registry)
+        self.pull = PullService(
+            self.hub, config.pull, self.metrics.registry, (role.index, role.count) if role is not None else (0, 1)
+        )
         if self.control is not None:
             self.control.attach_pull(self.pull)
         # Live streams pushed to other RTMP(S) servers ([relay] pushes).
@@ -139,12 +167,56 @@ class MediaServer:
         self.http_app = create_app(self.hub, self.metrics, routes)
         if self.control is not None:
             self.control.install(self.http_app)
+        self._build_cluster()
+
+    def _build_cluster(self) -> None:
+        """Worker processes and nodes: the parent link, the stream registry, edge copies, forwarded requests."""
+        config, role = self.config, self.role
+        self.link = (
+            MachineLink(role.parent_socket, role.index, role.rtmp_socket(), role.http_socket())
+            if role is not None
+            else None
+        )
+        nodes = None
+        if config.redis.url and config.cluster.secret:
+            entry = node_entry(config, role.index if role is not None else 0)
+            nodes = RedisRegistry(
+                config.redis.url, config.redis.key_prefix, entry, config.cluster.registry_ttl, self.metrics.registry
+            )
+        self.registry: StreamRegistry | None = None
+        self.edge: EdgeService | None = None
+        self.gateway: WorkerGateway | None = None
+        if self.link is None and nodes is None:
+            return
+        cluster = config.cluster
+        self.registry = StreamRegistry(self.hub, self.link, nodes)
+        self.edge = EdgeService(
+            self.hub,
+            self.registry,
+            cluster.secret,
+            cluster.edge_wait,
+            cluster.edge_idle,
+            config.rtmp.max_message_size,
+            self.metrics.registry,
+        )
+        self.gateway = WorkerGateway(self.hub, self.registry, self.link, cluster.http_mode, self.metrics.registry)
+        self.http_app.middlewares.append(self.gateway.middleware)
+        if self.link is not None and self.control is not None and not config.redis.url:
+            self.control.attach_machine_relay(MachineRelay(self.control.events, self.link))
 
     async def start(self) -> None:
         Path(self.config.server.data_dir).mkdir(parents=True, exist_ok=True)
+        role = self.role
+        if self.link is not None:
+            self.link.on_parent_lost = self._stop_requested.set
+            await self.link.start()
         if self.control is not None:
-            await self.control.start()
+            await self.control.start(prepared=role is not None, machine_jobs=role is None or role.primary)
         self.hub.start()
+        if self.registry is not None:
+            self.registry.start()
+        if self.edge is not None:
+            self.edge.start()
         if self.hls is not None:
             self.hls.start()
         if self.recorder is not None:
@@ -156,16 +228,24 @@ class MediaServer:
         self.relay.start()
         self.transcode.start()
         rtmp = self.config.rtmp
-        self._servers.append(await start_rtmp(self.rtmp_context, rtmp.host, rtmp.port))
+        # Workers share the public ports; the kernel spreads new connections over them.
+        shared = role is not None
+        self._servers.append(await start_rtmp(self.rtmp_context, rtmp.host, rtmp.port, reuse_port=shared))
         rtmps = self.config.rtmps
         if rtmps.enabled:
             tls = tls_context(rtmps.cert_file, rtmps.key_file)
-            self._servers.append(await start_rtmp(self.rtmp_context, rtmps.host, rtmps.port, tls))
+            self._servers.append(await start_rtmp(self.rtmp_context, rtmps.host, rtmps.port, tls, reuse_port=shared))
         self._runner = web.AppRunner(self.http_app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port, reuse_address=True)
+        http = self.config.http
+        site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True, reuse_port=shared or None)
         await site.start()
-        log.info("event=listening protocol=http address=%s:%d", self.config.http.host, self.config.http.port)
+        log.info("event=listening protocol=http address=%s:%d", http.host, http.port)
+        if role is not None:
+            # The other workers' way in: RTMP plays for edge copies, forwarded HTTP requests.
+            internal = RtmpContext(self.config.rtmp, self.hub, InternalPlayOnly(), self.metrics)
+            self._servers.append(await start_rtmp_unix(internal, role.rtmp_socket()))
+            await web.UnixSite(self._runner, role.http_socket()).start()
         # Everything built so far (modules, codecs, the ORM, the routes) lives as long as the process: out of the
         # collector's sight, so that a full collection scans only what came later (it held the loop for up to
         # 0.3 s with a thousand WebSocket clients).
@@ -174,6 +254,8 @@ class MediaServer:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self.edge is not None:
+            await self.edge.stop()
         await self.transcode.stop()
         await self.pull.stop()
         await self.relay.stop()
@@ -192,15 +274,21 @@ class MediaServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.gateway is not None:
+            await self.gateway.close()
+        if self.registry is not None:
+            await self.registry.stop()
         if self.control is not None:
             await self.control.stop()
+        if self.link is not None:
+            await self.link.stop()
 
     async def run_forever(self) -> None:
-        await self.start()
-        stop = asyncio.Event()
+        stop = self._stop_requested
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await self.start()
         await stop.wait()
         log.info("event=shutdown")
         await self.stop()

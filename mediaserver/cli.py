@@ -20,18 +20,31 @@ def _install_uvloop() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mediaserver.app import MediaServer
+    from mediaserver.cluster.role import WorkerRole
+    from mediaserver.cluster.supervisor import Supervisor
 
     try:
         config = load_config(args.config)
+        if args.workers is not None:
+            config.cluster.workers = args.workers
+            config.validate()
     except ConfigError as exc:
         print(f"mediaserver: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.server.log_level, config.server.log_format)
+    # A worker started by its parent, the parent of several workers, or one lone process.
+    role = WorkerRole.from_environ()
+    setup_logging(config.server.log_level, config.server.log_format, role.index if role is not None else None)
     _install_uvloop()
     from control.store import StoreError
 
+    workers = config.worker_count()
     try:
-        asyncio.run(MediaServer(config).run_forever())
+        if role is not None:
+            asyncio.run(MediaServer(config, role=role).run_forever())
+        elif workers > 1:
+            return asyncio.run(Supervisor(config, args.config, workers).run())
+        else:
+            asyncio.run(MediaServer(config).run_forever())
     except (ConfigError, StoreError) as exc:
         print(f"mediaserver: {exc}", file=sys.stderr)
         return 2
@@ -53,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", "-c", help="TOML configuration file (default: embedded defaults)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes sharing the ports (0: one per core; default: cluster.workers)"
+    )
     serve.set_defaults(func=cmd_serve)
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", "-c", help="TOML configuration file")

@@ -360,6 +360,31 @@ class AlertsConfig:
 
 
 @dataclass(slots=True)
+class ClusterConfig:
+    # Worker processes on this machine sharing the RTMP, RTMPS and HTTP ports (SO_REUSEPORT); 0: one per core.
+    workers: int = 1
+    # Unix sockets between the workers and their parent; empty: <data_dir>/run.
+    runtime_dir: str = ""
+    # This node's name in the Redis stream registry; empty: the host name.
+    node_id: str = ""
+    # Where other nodes reach this node's RTMP and HTTP listeners; empty: rtmp://<host name>:<rtmp.port> and
+    # http://<host name>:<http.port>.
+    advertise_rtmp: str = ""
+    advertise_http: str = ""
+    # Shared by the nodes: an edge node presents a token signed with it when it pulls a stream from its origin.
+    secret: str = ""
+    # Seconds a registry entry lives in Redis without its node's heartbeat (sent every third of it).
+    registry_ttl: float = 6.0
+    # HLS and WHEP requests for a stream another node holds: "relay" (pull it here and serve it) or "redirect"
+    # (307 to that node's advertise_http).
+    http_mode: str = "relay"
+    # Seconds an edge copy (a stream pulled from another worker or node) waits for its first media, and lives
+    # without a player.
+    edge_wait: float = 5.0
+    edge_idle: float = 15.0
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
@@ -381,6 +406,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def recording_root(self) -> str:
         return self.recording.root or str(Path(self.server.data_dir) / "recordings")
@@ -409,6 +435,7 @@ class Config:
             if not push.partition("=")[2].strip().lower().startswith(("rtmp://", "rtmps://")):
                 raise ConfigError("relay.pushes entries look like 'live/cam=rtmp://host/app/key'")
         self._validate_transcode()
+        self._validate_cluster()
         if self.auth.publish_mode not in ("open", "static", "database"):
             raise ConfigError(
                 f"auth.publish_mode must be 'open', 'static' or 'database', not {self.auth.publish_mode!r}"
@@ -449,6 +476,25 @@ class Config:
                 raise ConfigError(f"webrtc.ice_servers: {url!r} is not a stun:, turn: or turns: URL")
         if bool(self.rtmps.cert_file) != bool(self.rtmps.key_file):
             raise ConfigError("rtmps.cert_file and rtmps.key_file must be set together")
+
+    def _validate_cluster(self) -> None:
+        cluster = self.cluster
+        if not 0 <= cluster.workers <= 256:
+            raise ConfigError("cluster.workers must be within 0..256 (0: one per core)")
+        if cluster.http_mode not in ("relay", "redirect"):
+            raise ConfigError("cluster.http_mode must be 'relay' or 'redirect'")
+        if not (1 <= cluster.registry_ttl <= 300 and 0 < cluster.edge_wait <= 120 and 1 <= cluster.edge_idle <= 86400):
+            raise ConfigError("cluster.registry_ttl within 1..300 s, edge_wait within 0..120 s, edge_idle 1..86400 s")
+        for url, scheme in ((cluster.advertise_rtmp, "rtmp://"), (cluster.advertise_http, "http")):
+            if url and not url.startswith(scheme):
+                raise ConfigError(f"cluster.advertise_* must be a {scheme} URL, not {url!r}")
+
+    def worker_count(self) -> int:
+        """The workers to run: `cluster.workers`, or one per core when it is 0."""
+        return self.cluster.workers or max(1, len(os.sched_getaffinity(0)))
+
+    def runtime_dir(self) -> str:
+        return self.cluster.runtime_dir or str(Path(self.server.data_dir) / "run")
 
     def _validate_transcode(self) -> None:
         tc = self.transcode

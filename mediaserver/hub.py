@@ -105,6 +105,16 @@ class Stream:
         return self.publisher.protocol in DERIVED_PROTOCOLS
 
     @property
+    def is_copy(self) -> bool:
+        """An edge copy of a stream another worker or node holds: the holder records, relays and registers it."""
+        return self.publisher.protocol == EDGE_PROTOCOL
+
+    @property
+    def watched(self) -> bool:
+        """Someone reads it: a subscriber other than the server's own segmenter."""
+        return any(s.protocol not in INTERNAL_SUBSCRIBERS for s in self.subscribers)
+
+    @property
     def key(self) -> str:
         return f"{self.app}/{self.name}"
 
@@ -272,8 +282,13 @@ class Stream:
 
 
 StreamListener = Callable[[StreamEvent], None]
-# Publishers that are the server's own, making a stream out of another one (mediaserver.transcode's rungs).
-DERIVED_PROTOCOLS = frozenset({"transcode"})
+# The publisher of an edge copy (mediaserver.cluster.edge).
+EDGE_PROTOCOL = "edge"
+# Publishers that are the server's own, making a stream out of another one (mediaserver.transcode's rungs, edge
+# copies).
+DERIVED_PROTOCOLS = frozenset({"transcode", EDGE_PROTOCOL})
+# Subscribers that every stream has, whether anyone watches it or not.
+INTERNAL_SUBSCRIBERS = frozenset({"hls_segmenter"})
 # (app, name) -> whether the stream is live now, having been started for the asking player.
 DemandHandler = Callable[[str, str], Awaitable[bool]]
 
@@ -330,10 +345,15 @@ class Hub:
     def get(self, app: str, name: str) -> Stream | None:
         return self.streams.get(f"{app}/{name}")
 
-    def add_demand(self, handler: DemandHandler) -> None:
+    def add_demand(self, handler: DemandHandler, first: bool = False) -> None:
         """One more who may start a stream that is not live when a player asks for it (the pull service's
-        on-demand sources, the transcoder's ABR rungs); handlers are asked in order until one brings it."""
-        self._demand.append(handler)
+        on-demand sources, the transcoder's ABR rungs, edge copies of streams held elsewhere: `first`, so that a
+        stream live on another worker or node is not started here a second time); asked in order until one
+        brings it."""
+        if first:
+            self._demand.insert(0, handler)
+        else:
+            self._demand.append(handler)
 
     def want(self, app: str, name: str) -> None:
         """A player asked for this stream now (on-demand sources stop after some time without any)."""

@@ -99,8 +99,14 @@ ADMIN_USER_ENV = "MEDIASERVER_ADMIN_USERNAME"
 ADMIN_PASSWORD_ENV = "MEDIASERVER_ADMIN_PASSWORD"
 
 
-def start_server(tmp_path: Path, extra_env: dict[str, str] | None = None, rtmps: bool = False) -> ServerProcess:
-    rtmp_port, http_port = free_port(), free_port()
+def start_server(
+    tmp_path: Path,
+    extra_env: dict[str, str] | None = None,
+    rtmps: bool = False,
+    ports: tuple[int, int] | None = None,
+) -> ServerProcess:
+    """A real server process; `ports` (RTMP, HTTP) when the test must know them before it starts."""
+    rtmp_port, http_port = ports or (free_port(), free_port())
     data_dir = tmp_path / "data"
     env = dict(os.environ)
     env.update(

@@ -17,7 +17,7 @@ class StreamEvents:
 
     def on_hub_event(self, event: StreamEvent) -> None:
         name = NAMES.get(event.kind)
-        if name is None:
+        if name is None or event.stream.is_copy:  # the holder of the stream tells of it
             return
         stream = event.stream
         camera_id = stream.name if stream.app == self._app and CAMERA_ID.match(stream.name) else None

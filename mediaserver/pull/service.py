@@ -12,6 +12,7 @@ import asyncio
 import fnmatch
 import logging
 import time
+import zlib
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -27,8 +28,6 @@ from mediaserver.pull.source import PullSettings, PullSource
 log = logging.getLogger("mediaserver.pull")
 
 STATES = ("connecting", "online", "offline", "error", "idle")
-# Hub subscribers that are the server's own, not players: they never keep an on-demand source running.
-INTERNAL_SUBSCRIBERS = frozenset({"hls_segmenter"})
 
 
 def parse_source(entry: str) -> tuple[str, str, str]:
@@ -41,8 +40,12 @@ def parse_source(entry: str) -> tuple[str, str, str]:
 
 
 class PullService:
-    def __init__(self, hub: Hub, config: PullConfig, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, hub: Hub, config: PullConfig, registry: CollectorRegistry, shard: tuple[int, int] = (0, 1)
+    ) -> None:
         self.hub = hub
+        # (this worker's index, the worker count): an always-on source is read by one worker of the machine.
+        self.shard = shard
         self.settings = PullSettings(
             config.rtsp_transport,
             config.timeout,
@@ -69,6 +72,11 @@ class PullService:
                 raise ConfigError(str(exc)) from exc
         registry.register(_PullCollector(self))
 
+    def mine(self, source: PullSource) -> bool:
+        """Whether this worker reads the always-on `source` (a stable hash of its key picks the worker)."""
+        index, count = self.shard
+        return count <= 1 or zlib.crc32(source.key.encode()) % count == index
+
     def on_demand(self, source: PullSource) -> bool:
         return any(fnmatch.fnmatchcase(source.key, pattern) for pattern in self._on_demand)
 
@@ -89,6 +97,9 @@ class PullService:
         """Start an always-on source; an on-demand one waits for its first player."""
         if self.on_demand(source):
             source.state = "idle"
+            return
+        if not self.mine(source):
+            source.state = "elsewhere"  # another worker of this machine reads it
             return
         source.start()
 
@@ -132,7 +143,7 @@ class PullService:
             if now - last < self._idle or self._waiters.get(key):
                 continue
             stream = self.hub.get(source.app, source.name)
-            if stream is not None and any(p not in INTERNAL_SUBSCRIBERS for p in stream.subscriber_counts()):
+            if stream is not None and stream.watched:
                 self.hub.want(source.app, source.name)  # players are reading: count them as asking now
                 continue
             log.info("event=pull_on_demand_stop stream=%s idle_seconds=%.0f", key, now - last)

@@ -181,9 +181,10 @@ class RtmpClient:
         timeout: float = 10,
         *,
         tls: ssl.SSLContext | None = None,
+        path: str | None = None,
     ) -> None:
-        """Open the TCP connection (TLS with `tls`: RTMPS, checked against `host`), do the handshake and the
-        `connect` command.
+        """Open the TCP connection (TLS with `tls`: RTMPS, checked against `host`; a Unix socket at `path`
+        instead when it is set: another worker's internal listener), do the handshake and the `connect` command.
 
         Raises RtmpClientError with the server's code if it answers `_error`, TimeoutError
         after `timeout` seconds (which is also the limit of every later call), OSError when
@@ -198,7 +199,9 @@ class RtmpClient:
         self._handshake_done = loop.create_future()
         try:
             async with asyncio.timeout(timeout):
-                if tls is None:
+                if path is not None:
+                    await loop.create_unix_connection(lambda: _Protocol(self), path)
+                elif tls is None:
                     await loop.create_connection(lambda: _Protocol(self), host, port)
                 else:
                     await loop.create_connection(lambda: _Protocol(self), host, port, ssl=tls, server_hostname=host)

@@ -48,7 +48,6 @@ log = logging.getLogger("mediaserver.transcode")
 
 PROTOCOL = "transcode"
 # Hub subscribers that are the server's own, not players: they never keep a ladder running.
-INTERNAL_SUBSCRIBERS = frozenset({"hls_segmenter"})
 # Workers run below the server's priority: on a busy machine ingest and fan-out come first.
 WORKER_NICE = 5
 # Audio packets held per rung while its video is in the worker (about 20 s of AAC at 48 kHz).
@@ -538,7 +537,7 @@ class TranscodeService:
         return True
 
     def _on_hub_event(self, event: StreamEvent) -> None:
-        if event.kind is not StreamEventKind.STARTED or event.stream.publisher.protocol == PROTOCOL:
+        if event.kind is not StreamEventKind.STARTED or event.stream.derived:
             return
         ended = self._ended_wanted.pop(event.key, None)
         if self.config.always_on or (ended is not None and time.monotonic() - ended < self.config.idle):
@@ -567,7 +566,7 @@ class TranscodeService:
             return True
         for state in ladder.states:
             stream = state.stream
-            if stream is not None and any(p not in INTERNAL_SUBSCRIBERS for p in stream.subscriber_counts()):
+            if stream is not None and stream.watched:
                 return True
         return False
 

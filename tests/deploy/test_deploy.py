@@ -213,7 +213,13 @@ def kubernetes_config(tmp_path: Path) -> tuple[Config, dict[str, str]]:
     config_file.write_text(k8s_object("ConfigMap", "mediaserver-config")["data"]["config.toml"])
     container = k8s_object("Deployment", "mediaserver")["spec"]["template"]["spec"]["containers"][0]
     env = dict(k8s_object("Secret", "mediaserver")["stringData"])
-    env.update({item["name"]: item["value"] for item in container.get("env", [])})
+    # What the kubelet would put there: a pod's field references, and $(VAR) references to earlier variables.
+    fields = {"status.podIP": "10.1.2.3", "metadata.name": "mediaserver-7d9f-abcde"}
+    for item in container.get("env", []):
+        if "valueFrom" in item:
+            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], item["value"])
     return load_config(config_file, environ=env), env
 
 
@@ -222,6 +228,9 @@ def test_kubernetes_config_and_secret_load_through_the_real_loader(tmp_path: Pat
     assert_lands(config, env)
     assert make_url(config.database.url).drivername == "mysql+asyncmy"
     assert config.redis.url.startswith("redis://")
+    # Each pod is a node of the stream registry, reachable at its own address.
+    assert config.cluster.secret and config.cluster.node_id == "mediaserver-7d9f-abcde"
+    assert config.cluster.advertise_rtmp == "rtmp://10.1.2.3:1935" and config.cluster.advertise_http.endswith(":8080")
     assert config.recording.s3_bucket and config.recording.s3_access_key and config.recording.s3_secret_key
     # With a shared database every replica must sign with the same, valid secret.
     TokenService.from_config(config.auth_api, Path(config.server.data_dir), embedded=False)

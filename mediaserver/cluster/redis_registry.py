@@ -1,0 +1,139 @@
+"""The stream registry between nodes, in Redis: one key per live stream, naming the node (and worker) that
+holds it and where that node is reached. Each key expires `ttl` seconds after its holder's last heartbeat
+(sent every third of it), so the entry of a dead node is gone within the TTL.
+
+Redis being down never stops a node: claims are granted locally (counted), lookups find nothing (players of
+streams held elsewhere are refused, local streams go on), and the next heartbeat that gets through writes
+every entry this node holds again: the registry heals by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from mediaserver.background import BackgroundTask
+
+log = logging.getLogger("mediaserver.cluster")
+
+# Delete the key only while it is still ours (another node may have taken it after it expired).
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEntry:
+    node: str
+    worker: int
+    rtmp: str
+    http: str
+
+    def encoded(self) -> str:
+        return json.dumps({"node": self.node, "worker": self.worker, "rtmp": self.rtmp, "http": self.http})
+
+    @classmethod
+    def decoded(cls, raw: str | bytes) -> NodeEntry | None:
+        try:
+            value = json.loads(raw)
+            return cls(str(value["node"]), int(value["worker"]), str(value["rtmp"]), str(value["http"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class RedisRegistry:
+    def __init__(
+        self, url: str, prefix: str, entry: NodeEntry, ttl: float, registry: CollectorRegistry | None = None
+    ) -> None:
+        self._redis: Redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._prefix = f"{prefix}stream:"
+        self.entry = entry
+        self._value = entry.encoded()
+        self._ttl_ms = int(ttl * 1000)
+        self._held: set[str] = set()
+        self._up = True
+        self._heartbeat = BackgroundTask.every(ttl / 3, self._beat, "registry_heartbeat")
+        self._connected = Gauge(
+            "mediaserver_registry_connected", "1 while the Redis stream registry answers", registry=registry
+        )
+        self._errors = Counter(
+            "mediaserver_registry_errors", "Redis stream registry calls that failed", ["call"], registry=registry
+        )
+        self._connected.set(1)
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    def start(self) -> None:
+        self._heartbeat.start()
+
+    async def stop(self) -> None:
+        await self._heartbeat.stop()
+        for key in list(self._held):
+            await self.release(key)
+        await self._redis.aclose()
+
+    def _failed(self, call: str, exc: Exception) -> None:
+        self._errors.labels(call).inc()
+        if self._up:
+            log.warning("event=registry_down call=%s error=%s", call, type(exc).__name__)
+        self._up = False
+        self._connected.set(0)
+
+    async def claim(self, key: str) -> NodeEntry | None:
+        """Make `key` this node's; the entry of its holder instead, or None when granted (or Redis is away)."""
+        self._held.add(key)
+        try:
+            if await self._redis.set(self._key(key), self._value, nx=True, px=self._ttl_ms):
+                return None
+            raw = await self._redis.get(self._key(key))
+        except (RedisError, OSError) as exc:
+            self._failed("claim", exc)
+            return None
+        holder = NodeEntry.decoded(raw) if raw is not None else None
+        if holder is None or holder == self.entry:
+            return None
+        self._held.discard(key)
+        return holder
+
+    async def release(self, key: str) -> None:
+        self._held.discard(key)
+        try:
+            await self._redis.eval(_RELEASE, 1, self._key(key), self._value)
+        except (RedisError, OSError) as exc:
+            self._failed("release", exc)
+
+    async def lookup(self, key: str) -> NodeEntry | None:
+        """Who holds `key`, as far as Redis knows (None: nobody, or Redis is away)."""
+        try:
+            raw = await self._redis.get(self._key(key))
+        except (RedisError, OSError) as exc:
+            self._failed("lookup", exc)
+            return None
+        return NodeEntry.decoded(raw) if raw is not None else None
+
+    async def _beat(self) -> None:
+        started = time.monotonic()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in self._held:
+                    pipe.set(self._key(key), self._value, px=self._ttl_ms)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("heartbeat", exc)
+            return
+        if not self._up:
+            log.info("event=registry_up streams=%d", len(self._held))
+        self._up = True
+        self._connected.set(1)
+        elapsed = time.monotonic() - started
+        if elapsed > self._ttl_ms / 3000:
+            log.warning("event=registry_heartbeat_slow seconds=%.2f streams=%d", elapsed, len(self._held))
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self._held)

@@ -1,0 +1,188 @@
+"""The pieces of the cluster package with bytes and objects alone: the parent's registry and its links,
+cluster tokens, the merging of workers' figures, the routing of stream paths, configuration."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.workers_scale import lag_p99_ms
+from mediaserver.cluster import tokens
+from mediaserver.cluster.coordinator import Coordinator
+from mediaserver.cluster.gateway import _merge, merge_metrics, stream_of
+from mediaserver.cluster.link import MachineLink
+from mediaserver.config import ConfigError, load_config
+from mediaserver.hub import Hub
+from mediaserver.pull.service import PullService
+
+
+async def _until(predicate: object, timeout: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.01)
+
+
+async def test_claims_are_exclusive_and_die_with_their_worker(tmp_path: Path) -> None:
+    coordinator = Coordinator(tmp_path / "parent.sock")
+    await coordinator.start()
+    a = MachineLink(str(coordinator.path), 0, "/r0", "/h0")
+    b = MachineLink(str(coordinator.path), 1, "/r1", "/h1")
+    await a.start()
+    await b.start()
+    try:
+        assert await a.claim("live/cam") is None
+        assert await b.claim("live/cam") == 0  # taken: b learns who holds it
+        await _until(lambda: b.owner("live/cam") is not None)
+        holder = b.owner("live/cam")
+        assert holder is not None and (holder.index, holder.rtmp, holder.http) == (0, "/r0", "/h0")
+        assert a.owner("live/cam") is None  # its own stream is not "elsewhere"
+        assert [w.index for w in a.others()] == [1]
+
+        heard: list[str] = []
+        b.on_event = heard.append
+        a.send_event('{"x": 1}')
+        await _until(lambda: heard == ['{"x": 1}'])
+
+        a.release("live/cam")
+        await _until(lambda: b.owner("live/cam") is None)
+        assert await b.claim("live/cam") is None
+        # b dies: what it held is free at once, and a hears that b is gone.
+        lost: list[bool] = []
+        b.on_parent_lost = lambda: lost.append(True)
+        await b.stop()
+        await _until(lambda: "live/cam" not in coordinator.owners and 1 not in a.workers)
+        assert await a.claim("live/cam") is None
+        assert lost == []  # a link closed on purpose does not report a lost parent
+    finally:
+        await a.stop()
+        await coordinator.stop()
+
+
+async def test_a_worker_notices_its_parent_going(tmp_path: Path) -> None:
+    coordinator = Coordinator(tmp_path / "parent.sock")
+    await coordinator.start()
+    link = MachineLink(str(coordinator.path), 0, "/r0", "/h0")
+    lost = asyncio.Event()
+    link.on_parent_lost = lost.set
+    await link.start()
+    await coordinator.stop()
+    await asyncio.wait_for(lost.wait(), 2)
+    await link.stop()
+
+
+def test_cluster_tokens() -> None:
+    token = tokens.sign("s3cret", "live/cam", now=1000)
+    assert tokens.verify("s3cret", "live/cam", token, now=1000)
+    assert not tokens.verify("s3cret", "live/other", token, now=1000)
+    assert not tokens.verify("other", "live/cam", token, now=1000)
+    assert not tokens.verify("s3cret", "live/cam", token, now=1000 + tokens.LIFETIME + 1)
+    assert not tokens.verify("", "live/cam", token, now=1000)
+    bad_settings = (
+        {"MEDIASERVER_CLUSTER_WORKERS": "-1"},
+        {"MEDIASERVER_CLUSTER_HTTP_MODE": "proxy"},
+        {"MEDIASERVER_CLUSTER_ADVERTISE_RTMP": "http://x"},
+        {"MEDIASERVER_CLUSTER_REGISTRY_TTL": "0.1"},
+    )
+    for bad in bad_settings:
+        with pytest.raises(ConfigError):
+            load_config(environ=bad)
+
+
+def _exposition(value: float) -> str:
+    registry = CollectorRegistry()
+    Counter("demo_requests", "Requests", ["route"], registry=registry).labels("a").inc(value)
+    Gauge("demo_open", "Open", registry=registry).set(value)
+    return generate_latest(registry).decode()
+
+
+def test_worker_metrics_are_merged_with_a_worker_label() -> None:
+    merged = merge_metrics({0: _exposition(2), 1: _exposition(3)}).decode()
+    families = {f.name: f for f in text_string_to_metric_families(merged)}
+    assert families["demo_requests"].type == "counter"
+    totals = {
+        (s.labels["worker"], s.labels.get("route")): s.value
+        for s in families["demo_requests"].samples
+        if s.name == "demo_requests_total"
+    }
+    assert totals == {("0", "a"): 2.0, ("1", "a"): 3.0}
+    assert sorted(s.value for s in families["demo_open"].samples) == [2.0, 3.0]
+    assert merged.count("# TYPE demo_open gauge") == 1
+
+
+def test_machine_listings_are_joined() -> None:
+    answers = [
+        {"streams": [{"n": 1}], "count": 1, "by": {"up": 1}},
+        {"streams": [{"n": 2}], "count": 1, "by": {"up": 2, "down": 1}},
+    ]
+    merged: dict[str, object] = {}
+    for worker, body in enumerate(answers):
+        for key, value in body.items():
+            merged[key] = _merge(merged.get(key), value, worker)
+    assert merged == {
+        "streams": [{"n": 1, "worker": 0}, {"n": 2, "worker": 1}],
+        "count": 2,
+        "by": {"up": 3, "down": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/hls/live/cam/index.m3u8", ("live", "cam")),
+        ("/hls/live/cam/master.m3u8", ("live", "cam")),
+        ("/whep/live/cam", ("live", "cam")),
+        ("/whep/live/cam/abc123", ("live", "cam")),
+        ("/whip/live/cam", ("live", "cam")),
+        ("/api/v1/streams/live/cam", ("live", "cam")),
+        ("/api/v1/streams", None),
+        ("/api/v1/cameras/x", None),
+        ("/hls/live", None),
+        ("/metrics", None),
+    ],
+)
+def test_paths_that_belong_to_a_stream(path: str, expected: tuple[str, str] | None) -> None:
+    assert stream_of(path) == expected
+
+
+def test_cluster_configuration() -> None:
+    config = load_config(environ={"MEDIASERVER_CLUSTER_WORKERS": "0"})
+    assert config.worker_count() >= 1
+    assert config.runtime_dir().endswith("run")
+    bad_settings = (
+        {"MEDIASERVER_CLUSTER_WORKERS": "-1"},
+        {"MEDIASERVER_CLUSTER_HTTP_MODE": "proxy"},
+        {"MEDIASERVER_CLUSTER_ADVERTISE_RTMP": "http://x"},
+        {"MEDIASERVER_CLUSTER_REGISTRY_TTL": "0.1"},
+    )
+    for bad in bad_settings:
+        with pytest.raises(ConfigError):
+            load_config(environ=bad)
+
+
+def test_each_always_on_source_is_read_by_one_worker() -> None:
+    sources = [f"live/cam{i}=rtsp://127.0.0.1:8554/cam{i}" for i in range(40)]
+    config = load_config(environ={"MEDIASERVER_PULL_SOURCES": ",".join(sources)})
+    owners: dict[str, list[int]] = {}
+    for index in range(3):
+        service = PullService(Hub(), config.pull, CollectorRegistry(), (index, 3))
+        for source in service.sources:
+            if service.mine(source):
+                owners.setdefault(source.key, []).append(index)
+    assert len(owners) == 40 and all(len(workers) == 1 for workers in owners.values())
+    assert {w[0] for w in owners.values()} == {0, 1, 2}
+
+
+def test_lag_percentile_from_histogram_growth() -> None:
+    name = "mediaserver_event_loop_lag_sample_seconds_bucket"
+    before = {f'{name}{{le="0.01",worker="0"}}': 10.0, f'{name}{{le="0.05",worker="0"}}': 10.0,
+              f'{name}{{le="+Inf",worker="0"}}': 10.0}  # fmt: skip
+    after = {f'{name}{{le="0.01",worker="0"}}': 100.0, f'{name}{{le="0.05",worker="0"}}': 109.0,
+             f'{name}{{le="+Inf",worker="0"}}': 110.0, f'{name}{{le="0.01",worker="1"}}': 50.0,
+             f'{name}{{le="0.05",worker="1"}}': 50.0, f'{name}{{le="+Inf",worker="1"}}': 50.0}  # fmt: skip
+    # worker 0: 100 new samples, 90 under 10 ms, 99 under 50 ms; worker 1: all under 10 ms.
+    assert lag_p99_ms(before, after) == 50.0

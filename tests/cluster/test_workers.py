@@ -1,0 +1,139 @@
+"""Worker processes on one machine: a stream lives in the worker its publisher reached, and every worker
+serves it (RTMP through an edge copy over the internal socket, HLS and WHEP forwarded to the holder);
+a worker killed outright is restarted and only its own streams are cut."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiortc import RTCSessionDescription
+
+from tests.cluster.helpers import fetch, ffprobe_codecs, metric, owner, start_workers, worker_pids
+from tests.conftest import ServerProcess, ffmpeg_publish, wait_for_stream
+from tests.webrtc.helpers import SDP, WEBRTC_ENV, collect, loopback_offer, loopback_pc, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_workers(tmp_path, 2, WEBRTC_ENV)
+    yield server
+    server.stop()
+    assert "Traceback" not in server.log(), server.log()[-5000:]
+
+
+def test_any_worker_serves_any_stream(workers: ServerProcess) -> None:
+    publisher = ffmpeg_publish(workers.rtmp_url("live/cam"), 60, gop=25)
+    try:
+        wait_for_stream(workers, "live", "cam", timeout=15)
+        holder = owner(workers, "live", "cam")
+        assert holder in (0, 1)
+        other = 1 - holder
+
+        # RTMP: real ffprobe on the shared port until the kernel has handed one to the other worker, which
+        # plays it from its edge copy.
+        for _ in range(16):
+            assert ffprobe_codecs(workers.rtmp_url("live/cam")) == ["h264", "aac"]
+            if metric(workers, "mediaserver_edge_copies_opened_total", worker=str(other)) >= 1:
+                break
+        else:
+            pytest.fail("no RTMP play reached the worker that does not hold the stream")
+        assert metric(workers, "mediaserver_edge_copies", worker=str(other)) == 1  # one copy, however many plays
+
+        # HLS: whichever worker a request reaches, the playlist is the holder's: its media sequence never goes
+        # back (a second segmenter would number its own segments).
+        sequences = []
+        for _ in range(12):
+            playlist = fetch(workers.http_url("/hls/live/cam/index.m3u8"))
+            sequences.append(int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist).group(1)))  # type: ignore[union-attr]
+        assert sequences == sorted(sequences), sequences
+        assert metric(workers, "mediaserver_worker_forwarded_requests_total", worker=str(other)) >= 1
+        assert set(ffprobe_codecs(workers.http_url("/hls/live/cam/index.m3u8"))) == {"h264", "aac"}
+
+        # WHEP through the other worker (its internal socket, so the path is certain): the offer is answered by
+        # the holder, media flows, and the session is listed and deleted through the shared port.
+        frames = asyncio.run(_whep_through(workers, other))
+        assert frames >= 5
+    finally:
+        publisher.kill()
+        publisher.wait()
+
+
+async def _whep_through(server: ServerProcess, worker: int) -> int:
+    pc = loopback_pc()
+    pc.addTransceiver("video", direction="recvonly")
+    received = collect(pc)
+    offer = await loopback_offer(pc)
+    connector = aiohttp.UnixConnector(path=str(server.data_dir / "run" / f"http-{worker}.sock"))
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post("http://worker/whep/live/cam", data=offer, headers=SDP) as answer,
+        ):
+            assert answer.status == 201, await answer.text()
+            location = answer.headers["Location"]
+            await pc.setRemoteDescription(RTCSessionDescription(await answer.text(), "answer"))
+        assert await wait_until(lambda: len(received.video) >= 5, 15)
+        listed = server.get_json("/api/v1/webrtc/sessions", auth=True)
+        assert isinstance(listed, dict) and listed["count"] == 1
+        async with aiohttp.ClientSession() as session, session.delete(server.http_url(location)) as deleted:
+            assert deleted.status in (200, 204)
+        return len(received.video)
+    finally:
+        await pc.close()
+
+
+def test_killed_worker_restarts_and_only_its_streams_stop(workers: ServerProcess) -> None:
+    publishers = {}
+    try:
+        # Streams until each worker holds one (the kernel spreads the connections).
+        held: dict[int, str] = {}
+        for index in range(12):
+            name = f"s{index}"
+            publishers[name] = ffmpeg_publish(workers.rtmp_url(f"live/{name}"), 90, size="320x240", rate=15, gop=15)
+            wait_for_stream(workers, "live", name, timeout=15)
+            held.setdefault(owner(workers, "live", name) or 0, name)
+            if len(held) == 2:
+                break
+        assert len(held) == 2, "every stream landed on one worker"
+        pids = worker_pids(workers)
+        victim = 0
+        victim_stream, survivor_stream = held[victim], held[1]
+        before = _bytes_in(workers, survivor_stream)
+        os.kill(pids[victim], signal.SIGKILL)
+
+        # Only the victim's publishers are cut (ffmpeg exits when its connection goes) ...
+        publishers[victim_stream].wait(timeout=15)
+        # ... the other worker's stream goes on ...
+        time.sleep(1.5)
+        assert _bytes_in(workers, survivor_stream) > before
+        assert publishers[survivor_stream].poll() is None
+        # ... and the parent starts a new worker 0, which takes the republished stream.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and worker_pids(workers).get(victim) in (None, pids[victim]):
+            time.sleep(0.2)
+        assert worker_pids(workers).get(victim) not in (None, pids[victim])
+        assert "event=worker_exited worker=0" in workers.log()
+        publishers[victim_stream] = ffmpeg_publish(workers.rtmp_url(f"live/{victim_stream}"), 60, size="320x240")
+        wait_for_stream(workers, "live", victim_stream, timeout=20)
+        assert ffprobe_codecs(workers.rtmp_url(f"live/{victim_stream}")) == ["h264", "aac"]
+        assert _bytes_in(workers, survivor_stream) > before
+    finally:
+        for process in publishers.values():
+            process.kill()
+            process.wait()
+
+
+def _bytes_in(server: ServerProcess, name: str) -> int:
+    data = server.get_json("/api/v1/streams")
+    assert isinstance(data, dict)
+    return sum(int(s["bytes_in"]) for s in data["streams"] if s["name"] == name)
