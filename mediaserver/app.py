@@ -19,6 +19,7 @@ from mediaserver.auth import AllowAll, Authorizer, StaticKeys
 from mediaserver.cluster.edge import EdgeService, InternalPlayOnly
 from mediaserver.cluster.gateway import WorkerGateway
 from mediaserver.cluster.link import MachineLink
+from mediaserver.cluster.machinehub import MachineHub
 from mediaserver.cluster.redis_registry import NodeEntry, RedisRegistry
 from mediaserver.cluster.registry import StreamRegistry
 from mediaserver.cluster.role import WorkerRole
@@ -28,7 +29,7 @@ from mediaserver.hls.segmenter import HlsSettings
 from mediaserver.hls.service import HlsService
 from mediaserver.http.access import OpenStats, PlayAccess, StatsGate
 from mediaserver.http.app import create_app
-from mediaserver.hub import Hub
+from mediaserver.hub import Hub, HubView
 from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
 from mediaserver.pull.service import PullService
@@ -79,8 +80,16 @@ class MediaServer:
         self.metrics = Metrics(self.hub)
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.metrics.registry.register(collector)
+        # A worker's line to its parent (the machine's stream registry), made before the control plane: a worker's
+        # control plane sees the hub through it (a kick reaches the publisher in whichever worker it is).
+        self.link = (
+            MachineLink(role.parent_socket, role.index, role.rtmp_socket(), role.http_socket())
+            if role is not None
+            else None
+        )
+        hub_view: HubView = MachineHub(self.hub, self.link) if self.link is not None else self.hub
         # The control plane (store, REST API, database authorizer) unless api.enabled = false.
-        self.control = ControlPlane(config, self.hub, registry=self.metrics.registry) if config.api.enabled else None
+        self.control = ControlPlane(config, hub_view, registry=self.metrics.registry) if config.api.enabled else None
         self.authorizer = authorizer or make_authorizer(config, self.control)
         if config.cluster.secret:
             self.authorizer = ClusterAuthorizer(self.authorizer, config.cluster.secret)
@@ -172,11 +181,6 @@ class MediaServer:
     def _build_cluster(self) -> None:
         """Worker processes and nodes: the parent link, the stream registry, edge copies, forwarded requests."""
         config, role = self.config, self.role
-        self.link = (
-            MachineLink(role.parent_socket, role.index, role.rtmp_socket(), role.http_socket())
-            if role is not None
-            else None
-        )
         nodes = None
         if config.redis.url and config.cluster.secret:
             entry = node_entry(config, role.index if role is not None else 0)
@@ -199,7 +203,9 @@ class MediaServer:
             config.rtmp.max_message_size,
             self.metrics.registry,
         )
-        self.gateway = WorkerGateway(self.hub, self.registry, self.link, cluster.http_mode, self.metrics.registry)
+        self.gateway = WorkerGateway(
+            self.hub, self.registry, self.link, cluster.http_mode, config.api.publish_app, self.metrics.registry
+        )
         self.http_app.middlewares.append(self.gateway.middleware)
         if self.link is not None and self.control is not None and not config.redis.url:
             self.control.attach_machine_relay(MachineRelay(self.control.events, self.link))

@@ -3,7 +3,8 @@
 Each worker holds one connection to it for as long as it lives. A claim is granted when no other worker owns
 the stream; every change is broadcast so that each worker keeps a mirror it can read without a round trip.
 When a worker's connection ends (it exited, it was killed), its streams are released at once: the registry
-never points at a dead worker. Control-plane events from one worker are passed to the others.
+never points at a dead worker. Control-plane events and publisher kicks from one worker are passed to the
+others.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Coordinator:
             if self.owners.get(key) == index:
                 del self.owners[key]
                 self._broadcast({"op": "released", "key": key}, skip=index)
-        elif op == "event":
+        elif op in ("event", "kick"):
             self._broadcast(message, skip=index)
         else:
             raise ValueError(f"unknown op {op!r}")

@@ -1,7 +1,8 @@
 """The HTTP side of worker processes: any worker answers for any stream.
 
-- HLS, WHEP/WHIP and a live stream's stats belong to the worker that holds the stream (its segment numbers,
-  its WebRTC sessions): a request that reached another worker is forwarded, as it came, over the holder's
+- HLS, WHEP/WHIP, a live stream's stats and a live camera's own API routes (its status, snapshot, the kick of
+  its publisher) belong to the worker that holds the stream (its segment numbers, its WebRTC sessions, its
+  cached keyframes): a request that reached another worker is forwarded, as it came, over the holder's
   internal Unix socket, and the answer sent back as it is (compressed or not).
 - `/metrics` and `/api/v1/streams` speak for the machine: the answering worker adds every other worker's
   figures (each sample labelled with its `worker`) and streams.
@@ -46,13 +47,17 @@ MACHINE_LISTINGS = frozenset(
 )  # above an LL-HLS blocking reload's longest hold
 
 
-def stream_of(path: str) -> tuple[str, str] | None:
-    """The (app, name) a request is about: /hls|/whep|/whip/<app>/<name>/..., /api/v1/streams/<app>/<name>."""
+def stream_of(path: str, camera_app: str = "live") -> tuple[str, str] | None:
+    """The (app, name) a request is about: /hls|/whep|/whip/<app>/<name>/..., /api/v1/streams/<app>/<name>, and
+    a camera's own routes, /api/v1/cameras/<id>[/...] (its stream is <camera_app>/<id>)."""
     parts = path.split("/", 6)
     if len(parts) >= 4 and parts[1] in _STREAM_ROOTS and parts[2] and parts[3]:
         return parts[2], parts[3]
-    if len(parts) == 6 and parts[1:4] == ["api", "v1", "streams"] and parts[4] and parts[5]:
-        return parts[4], parts[5]
+    if len(parts) >= 5 and parts[1:3] == ["api", "v1"] and parts[4]:
+        if parts[3] == "streams" and len(parts) == 6 and parts[5]:
+            return parts[4], parts[5]
+        if parts[3] == "cameras":
+            return camera_app, parts[4]
     return None
 
 
@@ -87,9 +92,11 @@ class WorkerGateway:
         registry: StreamRegistry,
         link: MachineLink | None,
         http_mode: str,
+        camera_app: str = "live",
         metrics: CollectorRegistry | None = None,
     ) -> None:
         self.hub = hub
+        self.camera_app = camera_app
         self.registry = registry
         self.link = link
         self.http_mode = http_mode
@@ -130,7 +137,7 @@ class WorkerGateway:
                 return await self._machine_metrics(request, handler)
             if path in MACHINE_LISTINGS:
                 return await self._machine_json(request, handler)
-        target = stream_of(path)
+        target = stream_of(path, self.camera_app)
         if target is not None:
             app, name = target
             local = self.hub.get(app, name)

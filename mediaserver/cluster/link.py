@@ -35,6 +35,8 @@ class MachineLink:
         self.workers: dict[int, WorkerAddress] = {}
         self.on_event: Callable[[str], None] | None = None
         self.on_parent_lost: Callable[[], None] | None = None
+        # (app, name, reason): another worker's control plane disconnects a publisher this worker may hold.
+        self.on_kick: Callable[[str, str, str], None] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -95,6 +97,9 @@ class MachineLink:
             del self.owners[key]
         self._send({"op": "release", "key": key})
 
+    def send_kick(self, app: str, name: str, reason: str) -> None:
+        self._send({"op": "kick", "app": app, "name": name, "reason": reason})
+
     def send_event(self, raw: str) -> None:
         self._send({"op": "event", "data": raw})
 
@@ -128,6 +133,9 @@ class MachineLink:
         elif op == "event":
             if self.on_event is not None:
                 self.on_event(str(message["data"]))
+        elif op == "kick":
+            if self.on_kick is not None:
+                self.on_kick(str(message["app"]), str(message["name"]), str(message["reason"]))
         elif op == "worker":
             self._add_worker(int(message["worker"]), message)
         elif op == "gone":

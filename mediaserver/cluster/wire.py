@@ -1,9 +1,10 @@
 """The parent-worker protocol: one JSON object per line over a Unix stream socket.
 
 Worker -> parent: `hello` (index, pid, its internal sockets), `claim` (with a request id: the parent answers
-whether the stream is now the worker's), `release`, `event` (a control-plane event for the other workers).
+whether the stream is now the worker's), `release`, `event` (a control-plane event for the other workers),
+`kick` (disconnect a publisher wherever it is).
 Parent -> worker: `snapshot` (every worker and owner on joining), `worker`/`gone` (a worker came or went),
-`claimed`/`released` (ownership changes), `reply` (to a claim) and `event` (another worker's).
+`claimed`/`released` (ownership changes), `reply` (to a claim), `event` and `kick` (another worker's).
 """
 
 from __future__ import annotations

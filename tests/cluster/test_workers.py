@@ -9,15 +9,17 @@ import os
 import re
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiortc import RTCSessionDescription
 
 from tests.cluster.helpers import fetch, ffprobe_codecs, metric, owner, start_workers, worker_pids
-from tests.conftest import ServerProcess, ffmpeg_publish, wait_for_stream
+from tests.conftest import ServerProcess, api_call, ffmpeg_publish, wait_for_stream
 from tests.webrtc.helpers import SDP, WEBRTC_ENV, collect, loopback_offer, loopback_pc, wait_until
 
 pytestmark = pytest.mark.slow
@@ -137,3 +139,49 @@ def _bytes_in(server: ServerProcess, name: str) -> int:
     data = server.get_json("/api/v1/streams")
     assert isinstance(data, dict)
     return sum(int(s["bytes_in"]) for s in data["streams"] if s["name"] == name)
+
+
+def test_a_camera_is_managed_from_any_worker(tmp_path: Path) -> None:
+    server = start_workers(tmp_path, 2, {"MEDIASERVER_AUTH_PUBLISH_MODE": "database"})
+    publisher = None
+    try:
+        token = server.admin_token()
+        status, camera = api_call(server, "POST", "/cameras", token, {"name": "Loading dock"})
+        assert status == 201, camera
+        camera_id = camera["id"]
+        publisher = ffmpeg_publish(camera["publish_url"], 60, gop=25)
+        wait_for_stream(server, "live", camera_id, timeout=15)
+        holder = owner(server, "live", camera_id)
+        assert holder in (0, 1)
+        # Its live status and snapshot, whichever worker answers (each request on a connection of its own).
+        for _ in range(6):
+            status, live = api_call(server, "GET", f"/cameras/{camera_id}/status", token)
+            assert status == 200 and live["live"] and live["stream"]["video"]["codec"] == "h264", live
+        request = urllib.request.Request(
+            server.http_url(f"/api/v1/cameras/{camera_id}/snapshot.jpg"), headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            assert answer.read(3) == b"\xff\xd8\xff"  # a JPEG
+        # A bulk disable answered by the worker that does not hold the stream still cuts its publisher.
+        status, body = asyncio.run(_bulk_disable_through(server, 1 - holder, token, camera_id))
+        assert status == 200 and body["affected"] == 1, body
+        assert publisher.wait(timeout=10) is not None
+        assert "reason=camera_disabled" in server.log()
+    finally:
+        if publisher is not None:
+            publisher.kill()
+            publisher.wait()
+        server.stop()
+
+
+async def _bulk_disable_through(server: ServerProcess, worker: int, token: str, camera_id: str) -> tuple[int, Any]:
+    connector = aiohttp.UnixConnector(path=str(server.data_dir / "run" / f"http-{worker}.sock"))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(
+            "http://worker/api/v1/cameras/bulk",
+            json={"action": "disable", "ids": [camera_id]},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as answer,
+    ):
+        return answer.status, await answer.json()
