@@ -31,7 +31,7 @@ from benchmarks.lib.clip import EncodedClip, ensure_clip
 from benchmarks.lib.measure import SATURATED_LAG_MS, TargetResult, WindowMeter
 from benchmarks.lib.publish import PublisherFleet, Window
 from benchmarks.lib.runner import log, raise_fd_limit, run_interruptible
-from benchmarks.lib.servers import NginxServer, OurServer, Server
+from benchmarks.lib.servers import NginxServer, OurServer, Server, http_get
 
 LAG_METRIC = "mediaserver_event_loop_lag_sample_seconds_bucket"
 
@@ -41,6 +41,8 @@ class Level(TargetResult):
     streams: int = 0
     lag_p99_ms: float | None = None
     drops_in_window: int = 0
+    # How SO_REUSEPORT spread the publishers: streams held by each worker.
+    streams_by_worker: dict[str, int] = field(default_factory=dict)
     passed: bool = False
 
 
@@ -76,6 +78,15 @@ def lag_p99_ms(before: dict[str, float], after: dict[str, float]) -> float | Non
     return worst
 
 
+def streams_by_worker(server: Server) -> dict[str, int]:
+    listed = json.loads(http_get(server.url("/api/v1/streams"), timeout=20))["streams"]
+    counts: dict[str, int] = {}
+    for stream in listed:
+        worker = str(stream.get("worker", 0))
+        counts[worker] = counts.get(worker, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def dropped(samples: dict[str, float]) -> float:
     return sum(v for k, v in samples.items() if k.startswith("mediaserver_packets_dropped_total"))
 
@@ -104,6 +115,7 @@ async def run_ladder(server: Server, workers: int, args: argparse.Namespace, cli
                 after = await asyncio.to_thread(server.scrape)
                 level.lag_p99_ms = lag_p99_ms(before, after)
                 level.drops_in_window = int(dropped(after) - dropped(before))
+                level.streams_by_worker = await asyncio.to_thread(streams_by_worker, server)
             level.passed = (
                 level.publishers_connected_at_end == streams
                 and level.drops_in_window == 0
@@ -130,8 +142,8 @@ async def run_ladder(server: Server, workers: int, args: argparse.Namespace, cli
 def table(ladders: list[Ladder]) -> str:
     rows = [
         "| server | streams | CPU % | CPU %/stream | lag p99 ms | drops | publishers up | generator CPU % | "
-        "send late p99 ms | other CPU % | RSS MB | pass |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "send late p99 ms | other CPU % | RSS MB | streams by worker | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ladder in ladders:
         name = f"{ladder.server} x{ladder.workers}" if ladder.server == "ours" else ladder.server
@@ -141,6 +153,7 @@ def table(ladders: list[Ladder]) -> str:
                 f"| {name} | {level.streams} | {level.server_cpu_pct:.0f} | {level.cpu_pct_per_stream:.3f} | {lag} | "
                 f"{level.drops_in_window} | {level.publishers_connected_at_end} | {level.loadgen_cpu_pct:.0f} | "
                 f"{level.send_lateness_p99_ms:.0f} | {level.other_cpu_pct:.0f} | {level.rss_mb:.0f} | "
+                f"{' / '.join(map(str, level.streams_by_worker.values())) or '-'} | "
                 f"{'yes' if level.passed else '**no**'} |"
             )
     rows.append("")

@@ -171,7 +171,7 @@ class AlertEngine(Collector):
     def _check_bitrates(self, elapsed: float) -> None:
         weight = min(1.0, elapsed / BITRATE_AVERAGE_SECONDS)
         live = set()
-        for stream in self._hub.list():
+        for stream in self._hub.live_streams():
             key = stream.key
             live.add(key)
             bitrate = float(stream.bitrate)

@@ -32,7 +32,7 @@ class CameraSampler:
 
     async def sample(self) -> int:
         """One sample of every live camera that is in the database; the number written."""
-        live = [s for s in self._hub.list() if s.app == self._app and CAMERA_ID.match(s.name)]
+        live = [s for s in self._hub.live_streams() if s.app == self._app and CAMERA_ID.match(s.name)]
         if not live:
             await self.prune()
             return 0

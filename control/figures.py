@@ -103,7 +103,7 @@ class LiveFigures:
             elif status != "online":
                 enabled_offline += count
         samples = read_samples(self._registry)
-        streams = self._hub.list()
+        streams = self._hub.live_streams()
         by_protocol: dict[str, int] = defaultdict(int)
         viewers: dict[str, int] = defaultdict(int)
         hls_viewers = {labels.get("stream", ""): int(v) for labels, v in samples["mediaserver_hls_viewers"]}

@@ -87,7 +87,8 @@ class MediaServer:
             if role is not None
             else None
         )
-        hub_view: HubView = MachineHub(self.hub, self.link) if self.link is not None else self.hub
+        self.machine_hub = MachineHub(self.hub, self.link) if self.link is not None else None
+        hub_view: HubView = self.machine_hub or self.hub
         # The control plane (store, REST API, database authorizer) unless api.enabled = false.
         self.control = ControlPlane(config, hub_view, registry=self.metrics.registry) if config.api.enabled else None
         self.authorizer = authorizer or make_authorizer(config, self.control)
@@ -223,6 +224,8 @@ class MediaServer:
             self.registry.start()
         if self.edge is not None:
             self.edge.start()
+        if self.machine_hub is not None:
+            self.machine_hub.start()
         if self.hls is not None:
             self.hls.start()
         if self.recorder is not None:
@@ -262,6 +265,8 @@ class MediaServer:
             server.close()
         if self.edge is not None:
             await self.edge.stop()
+        if self.machine_hub is not None:
+            await self.machine_hub.stop()
         await self.transcode.stop()
         await self.pull.stop()
         await self.relay.stop()

@@ -8,6 +8,7 @@ skips to the next keyframe when it overflows (see `PacketQueue` and the RTMP pla
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import logging
@@ -297,14 +298,57 @@ class StreamTaken(Exception):
     pass
 
 
+class PublisherView(Protocol):
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def peer(self) -> str: ...
+
+
+class StreamView(Protocol):
+    """The figures of a live stream that the control plane reads: a `Stream` of this process, or the summary
+    of one that another worker of the machine holds (mediaserver.cluster.machinehub)."""
+
+    @property
+    def app(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def bitrate(self) -> float: ...
+
+    @property
+    def fps(self) -> float: ...
+
+    @property
+    def meta_fps(self) -> float: ...
+
+    @property
+    def publisher(self) -> PublisherView: ...
+
+    def subscriber_counts(self) -> dict[str, int]: ...
+
+    def snapshot(self) -> dict[str, object]: ...
+
+
 class HubView(Protocol):
-    """What the control plane (and later the worker registry) may use of the hub."""
+    """What the control plane may use of the hub. `get`/`list` are this process's streams (edge copies
+    included); `live`/`live_streams` are the streams published to this machine, wherever they are held."""
 
     def get(self, app: str, name: str) -> Stream | None: ...
 
     async def find(self, app: str, name: str) -> Stream | None: ...
 
     def list(self) -> list[Stream]: ...
+
+    def live(self, app: str, name: str) -> StreamView | None: ...
+
+    def live_streams(self) -> builtins.list[StreamView]: ...
 
     def listen(self, listener: StreamListener) -> None: ...
 
@@ -373,6 +417,14 @@ class Hub:
 
     def list(self) -> list[Stream]:
         return list(self.streams.values())
+
+    def live(self, app: str, name: str) -> Stream | None:
+        """A stream published here (an edge copy is the holder's to tell of)."""
+        stream = self.streams.get(f"{app}/{name}")
+        return stream if stream is not None and not stream.is_copy else None
+
+    def live_streams(self) -> builtins.list[StreamView]:
+        return [stream for stream in self.streams.values() if not stream.is_copy]
 
     def kick(self, app: str, name: str, reason: str) -> bool:
         """Disconnect a stream's publisher (camera disabled, key rotated, operator's request)."""

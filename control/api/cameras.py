@@ -70,7 +70,7 @@ def cameras_changed(svc: Services, updated: Sequence[Any] = (), deleted: Sequenc
 def camera_view(svc: Services, camera: Any, request: web.Request | None, with_key: bool) -> CameraOut:
     """`camera` is a Camera or a row of the cameras table. Built without validation (the values come from the
     database, already checked when they went in): a page of cameras is the busiest answer of the API."""
-    stream = svc.hub.get(svc.config.api.publish_app, camera.id)
+    stream = svc.hub.live(svc.config.api.publish_app, camera.id)
     fields: dict[str, Any] = {
         "id": camera.id,
         "name": camera.name,
@@ -350,7 +350,7 @@ async def camera_status(request: web.Request) -> web.StreamResponse:
         camera = await session.get(Camera, camera_id)
     if camera is None:
         raise not_found("camera")
-    stream = svc.hub.get(svc.config.api.publish_app, camera.id)
+    stream = svc.hub.live(svc.config.api.publish_app, camera.id)
     source = svc.pulled.state(camera.id) if svc.pulled is not None and camera.source_url else None
     snapshot = stream.snapshot() if stream is not None else None
     if snapshot is not None:

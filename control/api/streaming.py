@@ -46,7 +46,7 @@ async def _playback(request: web.Request, protocol: Literal["hls", "webrtc"]) ->
             url=url,
             token=token,
             expires_at=datetime.fromtimestamp(expires, UTC),
-            live=svc.hub.get(app, camera_id) is not None,
+            live=svc.hub.live(app, camera_id) is not None,
         )
     )
 

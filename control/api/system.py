@@ -38,7 +38,7 @@ async def system_info(request: web.Request) -> web.StreamResponse:
             uptime_seconds=round(time.time() - svc.started_at, 3),
             database=svc.store.backend,
             publish_mode=svc.config.auth.publish_mode,
-            live_streams=len(svc.hub.list()),
+            live_streams=len(svc.hub.live_streams()),
             cameras=int(total or 0),
             cameras_online=int(online or 0),
         )

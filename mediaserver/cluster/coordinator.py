@@ -102,6 +102,8 @@ class Coordinator:
                 self._broadcast({"op": "released", "key": key}, skip=index)
         elif op in ("event", "kick"):
             self._broadcast(message, skip=index)
+        elif op == "streams":  # a worker's summary of the streams it holds, for the others' control planes
+            self._broadcast({**message, "worker": index}, skip=index)
         else:
             raise ValueError(f"unknown op {op!r}")
 

@@ -33,6 +33,8 @@ class MachineLink:
         self._hello = {"op": "hello", "worker": index, "pid": os.getpid(), "rtmp": rtmp_socket, "http": http_socket}
         self.owners: dict[str, int] = {}
         self.workers: dict[int, WorkerAddress] = {}
+        # worker index -> stream key -> that worker's last summary of the stream (`Stream.snapshot()`).
+        self.remote_streams: dict[int, dict[str, dict[str, Any]]] = {}
         self.on_event: Callable[[str], None] | None = None
         self.on_parent_lost: Callable[[], None] | None = None
         # (app, name, reason): another worker's control plane disconnects a publisher this worker may hold.
@@ -100,6 +102,9 @@ class MachineLink:
     def send_kick(self, app: str, name: str, reason: str) -> None:
         self._send({"op": "kick", "app": app, "name": name, "reason": reason})
 
+    def send_streams(self, summaries: list[dict[str, object]]) -> None:
+        self._send({"op": "streams", "streams": summaries})
+
     def send_event(self, raw: str) -> None:
         self._send({"op": "event", "data": raw})
 
@@ -133,6 +138,9 @@ class MachineLink:
         elif op == "event":
             if self.on_event is not None:
                 self.on_event(str(message["data"]))
+        elif op == "streams":
+            listed = message.get("streams") or []
+            self.remote_streams[int(message["worker"])] = {f"{s['app']}/{s['name']}": s for s in listed}
         elif op == "kick":
             if self.on_kick is not None:
                 self.on_kick(str(message["app"]), str(message["name"]), str(message["reason"]))
@@ -140,6 +148,7 @@ class MachineLink:
             self._add_worker(int(message["worker"]), message)
         elif op == "gone":
             self.workers.pop(int(message["worker"]), None)
+            self.remote_streams.pop(int(message["worker"]), None)
         elif op == "snapshot":
             for index, info in dict(message["workers"]).items():
                 self._add_worker(int(index), info)

@@ -82,15 +82,8 @@ def test_cluster_tokens() -> None:
     assert not tokens.verify("other", "live/cam", token, now=1000)
     assert not tokens.verify("s3cret", "live/cam", token, now=1000 + tokens.LIFETIME + 1)
     assert not tokens.verify("", "live/cam", token, now=1000)
-    bad_settings = (
-        {"MEDIASERVER_CLUSTER_WORKERS": "-1"},
-        {"MEDIASERVER_CLUSTER_HTTP_MODE": "proxy"},
-        {"MEDIASERVER_CLUSTER_ADVERTISE_RTMP": "http://x"},
-        {"MEDIASERVER_CLUSTER_REGISTRY_TTL": "0.1"},
-    )
-    for bad in bad_settings:
-        with pytest.raises(ConfigError):
-            load_config(environ=bad)
+    for bad in ("", "x", "12.", ".abc", "9" * 20 + ".abc"):
+        assert not tokens.verify("s3cret", "live/cam", bad, now=1000)
 
 
 def _exposition(value: float) -> str:

@@ -153,10 +153,17 @@ def test_a_camera_is_managed_from_any_worker(tmp_path: Path) -> None:
         wait_for_stream(server, "live", camera_id, timeout=15)
         holder = owner(server, "live", camera_id)
         assert holder in (0, 1)
-        # Its live status and snapshot, whichever worker answers (each request on a connection of its own).
+        # Its live status and snapshot, the camera list's live figures and the system's count of live streams,
+        # whichever worker answers (each request on a connection of its own).
+        time.sleep(2.5)  # a bitrate measured, and the holder's summary passed to the other worker
         for _ in range(6):
             status, live = api_call(server, "GET", f"/cameras/{camera_id}/status", token)
             assert status == 200 and live["live"] and live["stream"]["video"]["codec"] == "h264", live
+            status, listed = api_call(server, "GET", "/cameras", token)
+            (row,) = listed["items"]
+            assert row["live"] and row["bitrate_bps"] > 0, row
+            status, system = api_call(server, "GET", "/system", token)
+            assert system["live_streams"] == 1, system
         request = urllib.request.Request(
             server.http_url(f"/api/v1/cameras/{camera_id}/snapshot.jpg"), headers={"Authorization": f"Bearer {token}"}
         )
