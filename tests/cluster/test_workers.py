@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 from aiortc import RTCSessionDescription
 
@@ -192,3 +193,18 @@ async def _bulk_disable_through(server: ServerProcess, worker: int, token: str, 
         ) as answer,
     ):
         return answer.status, await answer.json()
+
+
+def test_workers_stop_when_their_parent_dies(tmp_path: Path) -> None:
+    server = start_workers(tmp_path, 2)
+    try:
+        pids = worker_pids(server)
+        assert len(pids) == 2
+        server.process.kill()  # SIGKILL: no chance to stop them
+        server.process.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in pids.values()):
+            time.sleep(0.1)
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids.values())
+    finally:
+        server.stop()
