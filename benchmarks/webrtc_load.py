@@ -17,7 +17,12 @@ Measured per level, over the window:
 - set-up time: from the WHEP POST to the first complete video frame received by that viewer (the viewers
   that joined at this level);
 - the server's event-loop lag: `mediaserver_event_loop_lag_max_seconds` scraped every second (worst
-  oversleep of a 100 ms sleep since the previous scrape), and the mean oversleep over the window;
+  oversleep of a 100 ms sleep since the previous scrape), and the mean oversleep over the window; the p99 of
+  the per-second maxima is an upper bound of the p99 of the 100 ms samples (use --duration 30 or more);
+- how far the send path fell behind: `mediaserver_webrtc_send_queue_delay_seconds` (the oldest waiting send
+  batch) sampled every second, its maximum; past 0.25 s delta frames are dropped;
+- what the send path had to repair over the window: RTP packets viewers asked again (NACK) and those resent,
+  keyframe requests answered with the cached GOP, frames dropped for viewers that fell behind;
 - delivery latency: every video frame the publisher sends carries its send time (wall clock) in an SEI NAL
   unit (user data unregistered) inserted into the AVCC payload; the server forwards it untouched; each viewer
   takes the encoded frame as soon as aiortc has re-assembled it (its decoder queue is tapped, nothing is
@@ -55,6 +60,14 @@ APP, STREAM = "live", "webrtc-bench"
 LOOP_LAG_MAX = "mediaserver_event_loop_lag_max_seconds"
 OVERSLEEP_TOTAL = "mediaserver_event_loop_oversleep_seconds_total"
 LAG_SAMPLES_TOTAL = "mediaserver_event_loop_lag_samples_total"
+SEND_QUEUE_DELAY = "mediaserver_webrtc_send_queue_delay_seconds"
+# Send-path repairs, counted over a level's window.
+REPAIRS = {
+    "nack_packets": "mediaserver_webrtc_nack_requested_packets_total",
+    "retransmitted": "mediaserver_webrtc_rtp_retransmitted_packets_total",
+    "gop_resends": "mediaserver_webrtc_gop_resends_total",
+    "frames_dropped": "mediaserver_webrtc_frames_dropped_total",
+}
 
 
 def webrtc_server(keep_temp: bool, max_sessions: int, log_level: str) -> OurServer:
@@ -136,7 +149,12 @@ class Level:
     failed: list[str] = field(default_factory=list)
     loop_lag_ms_mean: float | None = None
     loop_lag_ms_p50_of_max: float | None = None
+    loop_lag_ms_p99_of_max: float | None = None
     loop_lag_ms_max: float | None = None
+    # The send queue's oldest batch, sampled every second: how far the send path fell behind.
+    send_delay_ms_max: float | None = None
+    # Over the window: packets asked again (NACK), resent, cached GOPs resent on PLI, frames dropped.
+    repairs: dict[str, int] = field(default_factory=dict)
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
     latency_ms_p99: float | None = None
@@ -163,11 +181,15 @@ async def measure(
     before = read_cpu(server.pids() + worker_pids)
     metrics = server.scrape()
     lag_before = (metrics.get(OVERSLEEP_TOTAL, 0.0), metrics.get(LAG_SAMPLES_TOTAL, 0.0))
+    repairs_before = {name: metrics.get(metric, 0.0) for name, metric in REPAIRS.items()}
     lag_max: list[float] = []
+    send_delays: list[float] = []
     end = time.monotonic() + duration
     while time.monotonic() < end:
         await asyncio.sleep(1.0)
-        lag_max.append(server.scrape().get(LOOP_LAG_MAX, 0.0))
+        sample = server.scrape()
+        lag_max.append(sample.get(LOOP_LAG_MAX, 0.0))
+        send_delays.append(sample.get(SEND_QUEUE_DELAY, 0.0))
     server_pids = server.pids()
     use = cpu_use(before, read_cpu(server_pids + worker_pids))
     metrics = server.scrape()
@@ -179,6 +201,9 @@ async def measure(
     samples = metrics.get(LAG_SAMPLES_TOTAL, 0.0) - lag_before[1]
     level.loop_lag_ms_mean = _ms(oversleep / samples) if samples else None
     level.loop_lag_ms_p50_of_max = _ms(percentile(lag_max, 50))
+    level.loop_lag_ms_p99_of_max = _ms(percentile(lag_max, 99))
+    level.send_delay_ms_max = _ms(max(send_delays)) if send_delays else None
+    level.repairs = {name: int(metrics.get(metric, 0.0) - repairs_before[name]) for name, metric in REPAIRS.items()}
     level.loop_lag_ms_max = _ms(max(lag_max)) if lag_max else None
     reports = await asyncio.to_thread(lambda: [w.call({"cmd": "report"}) for w in workers])
     latency = _ms_percentiles([x for r in reports for x in r["latency"]], (50, 95, 99, 100))
@@ -253,7 +278,8 @@ async def run(args: argparse.Namespace) -> list[Level]:
                 f"({level.cpu_per_viewer_pct}%/viewer), viewers {level.viewers_cpu_pct}% cpu, "
                 f"others {level.others_cpu_pct}% cpu, "
                 f"setup p50 {level.setup_ms_p50} ms, latency p50/p95 {level.latency_ms_p50}/{level.latency_ms_p95} ms, "
-                f"loop lag mean/max {level.loop_lag_ms_mean}/{level.loop_lag_ms_max} ms, failed {len(failed)}"
+                f"loop lag mean/p99/max {level.loop_lag_ms_mean}/{level.loop_lag_ms_p99_of_max}/"
+                f"{level.loop_lag_ms_max} ms, repairs {level.repairs}, failed {len(failed)}"
             )
             if len(failed) > target // 2:
                 log("more than half of the new viewers failed: stopping here")
@@ -281,8 +307,16 @@ COLUMNS: list[tuple[str, Callable[[Level], str]]] = [
     ("set-up p50/p95 ms (first frame)", lambda lv: f"{_show(lv.setup_ms_p50)} / {_show(lv.setup_ms_p95)}"),
     ("first packet p50 ms", lambda lv: _show(lv.first_packet_ms_p50)),
     (
-        "loop lag mean / p50 of 1 s max / max ms",
-        lambda lv: f"{_show(lv.loop_lag_ms_mean)} / {_show(lv.loop_lag_ms_p50_of_max)} / {_show(lv.loop_lag_ms_max)}",
+        "loop lag mean / p50, p99 of 1 s max / max ms",
+        lambda lv: (
+            f"{_show(lv.loop_lag_ms_mean)} / {_show(lv.loop_lag_ms_p50_of_max)}, {_show(lv.loop_lag_ms_p99_of_max)}"
+            f" / {_show(lv.loop_lag_ms_max)}"
+        ),
+    ),
+    ("send queue delay max ms", lambda lv: _show(lv.send_delay_ms_max)),
+    (
+        "NACKed / resent / GOP resends / dropped",
+        lambda lv: " / ".join(str(lv.repairs.get(name, 0)) for name in REPAIRS),
     ),
     (
         "latency p50/p95/p99 ms",

@@ -1,10 +1,11 @@
-"""What all WHEP viewers of one stream share: Annex-B frames (converted once, not per viewer), a mirror of the
+"""What all WHEP viewers of one stream share: frames packetised for RTP once (not per viewer), a mirror of the
 stream's GOP cache in that form, and the AAC -> Opus transcoder.
 
-Fan-out is hub -> one `StreamFeed` per stream -> its viewers' tracks. The feed is the stream's only WebRTC
-subscriber: it subscribes when its first viewer comes and unsubscribes when the last one leaves (or the stream
-ends), so the hub calls WebRTC once per packet whatever the number of viewers. Each viewer's tracks bound their
-own backlog (`UnitQueue`) and skip to the next keyframe when they fall behind.
+Fan-out is hub -> one `StreamFeed` per stream -> one `SendQueue` batch per frame for all its viewers. The feed
+is the stream's only WebRTC subscriber: it subscribes when its first viewer comes and unsubscribes when the last
+one leaves (or the stream ends), so the hub calls WebRTC once per packet whatever the number of viewers. Each
+viewer only numbers the frame for its own RTP stream (`VideoOut.take`); when the send queue falls behind, delta
+frames are dropped and the viewers skip to the next keyframe.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import time
 from collections.abc import Callable
 
 from mediaserver.auth import redact
-from mediaserver.codecs.annexb import AnnexBError, avcc_to_annexb
+from mediaserver.codecs.annexb import AnnexBError, avcc_to_annexb, split_annexb
 from mediaserver.codecs.h264 import AvcConfig, parse_avcc
 from mediaserver.hub import Stream
 from mediaserver.media import Codec, Packet, TrackKind
-from mediaserver.webrtc.tracks import AUDIO_CLOCK, AudioUnit, H264Track, OpusTrack, VideoUnit
+from mediaserver.webrtc.packetize import h264_payloads
+from mediaserver.webrtc.rtpout import Target
+from mediaserver.webrtc.sendqueue import SendQueue
+from mediaserver.webrtc.tracks import AUDIO_CLOCK, AudioOut, AudioUnit, VideoOut, VideoUnit
 from mediaserver.webrtc.transcode import AacToOpus, TranscodeStats
 
 log = logging.getLogger("mediaserver.webrtc")
@@ -29,11 +33,11 @@ AUDIO_OFFSET_DECAY = 0.0002
 
 
 class Viewer:
-    """One WHEP peer's tracks, fed by its stream's feed (the viewer itself never subscribes to the hub)."""
+    """One WHEP peer's media, fed by its stream's feed (the viewer itself never subscribes to the hub)."""
 
     __slots__ = ("audio", "video")
 
-    def __init__(self, video: H264Track, audio: OpusTrack | None) -> None:
+    def __init__(self, video: VideoOut, audio: AudioOut | None) -> None:
         self.video = video
         self.audio = audio
 
@@ -50,17 +54,19 @@ class StreamFeed:
         transcode_stats: TranscodeStats,
         opus_bitrate: int,
         on_error: Callable[[str], None],
+        send_queue: SendQueue | None = None,
     ) -> None:
         self.key = key
+        self.send_queue = send_queue if send_queue is not None else SendQueue()
         # The stream as logs may show it (the name may be a stream key).
         self.shown = f"{stream.app}/{redact(stream.name)}"
         self.stream: Stream | None = stream
         self.ended_at: float | None = None
         self.epoch = 0
         self.viewers: set[Viewer] = set()
-        # The tracks fed on every packet, kept as flat lists so the per-packet loop touches nothing else.
-        self._video_tracks: list[H264Track] = []
-        self._audio_tracks: list[OpusTrack] = []
+        # The viewers' media fed on every packet, kept as flat lists so the per-packet loop touches nothing else.
+        self._video_outs: list[VideoOut] = []
+        self._audio_outs: list[AudioOut] = []
         # The stream this feed is subscribed to, if any.
         self._subscribed: Stream | None = None
         self._on_error = on_error
@@ -84,9 +90,9 @@ class StreamFeed:
         if viewer in self.viewers:
             return
         self.viewers.add(viewer)
-        self._video_tracks.append(viewer.video)
+        self._video_outs.append(viewer.video)
         if viewer.audio is not None:
-            self._audio_tracks.append(viewer.audio)
+            self._audio_outs.append(viewer.audio)
             if self._transcoder is None:
                 self._transcoder = AacToOpus(self._audio_out, self._transcode_stats, self._opus_bitrate)
                 self._transcoder.start()
@@ -96,10 +102,10 @@ class StreamFeed:
         if viewer not in self.viewers:
             return
         self.viewers.discard(viewer)
-        self._video_tracks.remove(viewer.video)
+        self._video_outs.remove(viewer.video)
         if viewer.audio is not None:
-            self._audio_tracks.remove(viewer.audio)
-        if not self._audio_tracks:
+            self._audio_outs.remove(viewer.audio)
+        if not self._audio_outs:
             self._stop_transcoder()
         if not self.viewers:
             self._unsubscribe()
@@ -152,8 +158,8 @@ class StreamFeed:
         self._config_version = -1
         self._audio_offset = None
         self._gop = None
-        for track in self._video_tracks:
-            track.restart()
+        for out in self._video_outs:
+            out.restart()
         self._subscribe()
 
     # ----- packets ----------------------------------------------------------------------
@@ -166,13 +172,27 @@ class StreamFeed:
         kind = packet.kind
         if kind is TrackKind.VIDEO:
             unit = self._live_video(packet)
-            if unit is not None:
-                for track in self._video_tracks:
-                    track.push(unit)
-        elif kind is TrackKind.AUDIO and self._audio_tracks:
+            if unit is not None and self._video_outs:
+                self._fan_out(unit)
+        elif kind is TrackKind.AUDIO and self._audio_outs:
             self._audio_in(packet)
 
     # ----- video --------------------------------------------------------------------------
+
+    def _fan_out(self, unit: VideoUnit) -> None:
+        """One batch for every viewer sending live: each numbers the frame for its own stream."""
+        if self.send_queue.overloaded and not unit.keyframe:
+            for out in self._video_outs:
+                out.drop()
+            return
+        now = time.time()
+        targets: list[Target] = []
+        for out in self._video_outs:
+            target = out.take(unit, now)
+            if target is not None:
+                targets.append(target)
+        if targets:
+            self.send_queue.submit(unit.payloads, targets)
 
     def _avc_config(self, stream: Stream) -> AvcConfig | None:
         track = stream.video
@@ -204,10 +224,12 @@ class StreamFeed:
             return None
         if not data:
             return None
-        return VideoUnit(data, packet.dts, packet.keyframe or idr, self.epoch, time.time())
+        payloads = h264_payloads(split_annexb(data))
+        octets = sum(len(payload) for payload in payloads)
+        return VideoUnit(payloads, octets, packet.dts, packet.keyframe or idr, self.epoch, time.time())
 
     def _live_video(self, packet: Packet) -> VideoUnit | None:
-        """The Annex-B form of a live video packet, kept in the GOP mirror too."""
+        """The RTP form of a live video packet, kept in the GOP mirror too."""
         stream = self.stream
         if stream is None:
             return None
@@ -279,5 +301,11 @@ class StreamFeed:
                 loop.call_at(due, self._release_audio, unit)
 
     def _release_audio(self, unit: AudioUnit) -> None:
-        for track in self._audio_tracks:
-            track.push(unit)
+        now = time.time()
+        targets: list[Target] = []
+        for audio in self._audio_outs:
+            target = audio.take(unit, now)
+            if target is not None:
+                targets.append(target)
+        if targets:
+            self.send_queue.submit(unit.payloads, targets)

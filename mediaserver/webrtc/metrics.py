@@ -33,6 +33,8 @@ class WebrtcStats:
         self.frames_dropped = 0
         self.feedback: dict[str, int] = defaultdict(int)
         self.nack_requested_packets = 0
+        self.rtp_retransmitted = 0
+        self.gop_resends = 0
         self.keyframe_requests: dict[str, int] = defaultdict(int)
         self.frames_received: dict[str, int] = defaultdict(int)
         self.bytes_received = 0
@@ -110,6 +112,17 @@ class _WebrtcCollector(Collector):
             value=len(registry.sessions) + registry.closing_count,
         )
         yield GaugeMetricFamily("mediaserver_webrtc_feeds", "Streams with WebRTC viewers", value=len(registry.feeds))
+        send_queue = registry.send_queue
+        yield GaugeMetricFamily(
+            "mediaserver_webrtc_send_queue_packets",
+            "RTP packets waiting to be sent to viewers",
+            value=send_queue.backlog,
+        )
+        yield GaugeMetricFamily(
+            "mediaserver_webrtc_send_queue_delay_seconds",
+            "How long the oldest waiting send batch has waited (delta frames are dropped past 0.25 s)",
+            value=send_queue.delay,
+        )
         frames_family = CounterMetricFamily(
             "mediaserver_webrtc_sent_frames", "Frames handed to RTP senders", labels=["media"]
         )
@@ -142,13 +155,22 @@ class _WebrtcCollector(Collector):
         yield feedback
         yield CounterMetricFamily(
             "mediaserver_webrtc_nack_requested_packets",
-            "RTP packets viewers asked to be resent (aiortc resends from a 128-packet history)",
+            "RTP packets viewers asked to be resent",
             value=stats.nack_requested_packets,
+        )
+        yield CounterMetricFamily(
+            "mediaserver_webrtc_rtp_retransmitted_packets",
+            "RTP packets resent to viewers that reported them lost (each viewer keeps its last 256 video frames)",
+            value=stats.rtp_retransmitted,
+        )
+        yield CounterMetricFamily(
+            "mediaserver_webrtc_gop_resends",
+            "Keyframe requests of viewers of non-WHIP streams answered with the cached GOP again",
+            value=stats.gop_resends,
         )
         keyframes = CounterMetricFamily(
             "mediaserver_webrtc_keyframe_requests",
-            "Keyframe requests: received from viewers (PLI/FIR, not honoured on the pass-through path) and sent "
-            "to WHIP publishers",
+            "Keyframe requests: received from viewers (PLI/FIR) and sent to WHIP publishers",
             labels=["direction"],
         )
         for direction in ("received", "sent"):

@@ -28,7 +28,8 @@ from mediaserver.webrtc.feed import StreamFeed, Viewer
 from mediaserver.webrtc.ice import HostCandidates, IceSetupError, strip_mdns_candidates
 from mediaserver.webrtc.ingest import WhipIngest
 from mediaserver.webrtc.metrics import WebrtcMetrics
-from mediaserver.webrtc.tracks import H264Track, OpusTrack, TrackCounters
+from mediaserver.webrtc.sendqueue import SendQueue
+from mediaserver.webrtc.tracks import AudioOut, TrackCounters, VideoOut
 
 log = logging.getLogger("mediaserver.webrtc")
 
@@ -118,8 +119,8 @@ class WhepSession(Session):
         super().__init__(session_id, app, name, peer, pc)
         self.feed = feed
         self.viewer: Viewer | None = None
-        self.video: H264Track | None = None
-        self.audio: OpusTrack | None = None
+        self.video: VideoOut | None = None
+        self.audio: AudioOut | None = None
         self.codec = ""
 
     def stream_gone_since(self) -> float | None:
@@ -238,6 +239,8 @@ class SessionRegistry:
         self.sessions: dict[str, Session] = {}
         # One feed per stream key with WHEP viewers: the stream's only WebRTC hub subscriber.
         self.feeds: dict[str, StreamFeed] = {}
+        # The RTP sends of every viewer of every feed, in slices on the loop.
+        self.send_queue = SendQueue()
         self._pending = 0
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -369,16 +372,16 @@ class SessionRegistry:
             log.warning("event=webrtc_close_failed error=%r", exc)
 
     def release_viewer(self, session: WhepSession) -> None:
-        """Keep the viewer's figures in the totals, end its tracks, and leave its feed (the last one out
+        """Keep the viewer's figures in the totals, end its media, and leave its feed (the last one out
         drops the feed, which then unsubscribes from the hub)."""
         for media, counters in session.counters():
             self.stats.frames_sent[media] += counters.frames
             self.stats.payload_bytes_sent[media] += counters.bytes
             self.stats.frames_dropped += counters.dropped
             counters.frames = counters.bytes = counters.dropped = 0
-        for track in (session.video, session.audio):
-            if track is not None:
-                track.end()
+        for out in (session.video, session.audio):
+            if out is not None:
+                out.end()
         feed = session.feed
         if session.viewer is not None:
             feed.remove(session.viewer)
@@ -402,6 +405,7 @@ class SessionRegistry:
         for feed in list(self.feeds.values()):
             feed.close()
         self.feeds.clear()
+        self.send_queue.close()
 
 
 class Housekeeping:

@@ -1,9 +1,9 @@
 """WHEP playback (draft-ietf-wish-whep): check an offer against the stream, pick the H.264 format that decodes
 it, and start a viewer on the stream's shared feed.
 
-Fan-out: hub -> one `StreamFeed` per stream (its only WebRTC subscriber) -> the viewers' tracks. A viewer joins
-its feed as soon as its tracks exist (the feed subscribes with the first one) and starts from the feed's
-cached GOP when its RTP sender first asks for a frame.
+Fan-out: hub -> one `StreamFeed` per stream (its only WebRTC subscriber) -> one send batch per frame for all
+its viewers. A viewer joins its feed as soon as its media objects exist (the feed subscribes with the first one)
+and starts from the feed's cached GOP when aiortc starts its RTP sender (`rtpout.FeedSender`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCRtpSender
 from aiortc import sdp as aiortc_sdp
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
 
 from mediaserver.auth import Denied
@@ -29,8 +30,9 @@ from mediaserver.webrtc.codecs import answer_codecs, choose_h264, preferences, u
 from mediaserver.webrtc.errors import Rejected
 from mediaserver.webrtc.feed import StreamFeed, Viewer
 from mediaserver.webrtc.metrics import WebrtcMetrics
+from mediaserver.webrtc.rtpout import FeedSender, RtpOut, SendPathUnsupported
 from mediaserver.webrtc.sessions import SessionRegistry, WhepSession
-from mediaserver.webrtc.tracks import H264Track, OpusTrack
+from mediaserver.webrtc.tracks import AudioOut, VideoOut
 
 log = logging.getLogger("mediaserver.webrtc")
 
@@ -46,7 +48,7 @@ class WhepService:
         sessions: SessionRegistry,
         metrics: WebrtcMetrics,
         play_access: PlayAccess,
-        on_keyframe_request: Callable[[str], None],
+        on_keyframe_request: Callable[[str], bool],
     ) -> None:
         self.hub = hub
         self.config = config
@@ -54,7 +56,8 @@ class WhepService:
         self.metrics = metrics
         self.stats = metrics.stats
         self.play_access = play_access
-        # A viewer's PLI/FIR, by stream key: a WHIP publisher can honour it (RTMP ones cannot be asked).
+        # A viewer's PLI/FIR, by stream key: True when a WHIP publisher will honour it (RTMP ones cannot be
+        # asked; the viewer gets the cached GOP again instead).
         self._on_keyframe_request = on_keyframe_request
 
     # ----- offers -----------------------------------------------------------------------------
@@ -116,7 +119,7 @@ class WhepService:
         session = WhepSession(secrets.token_hex(12), stream.app, stream.name, peer, pc, feed)
         session.created = started
         try:
-            video = H264Track(feed.gop_snapshot)
+            video = VideoOut(feed.gop_snapshot, feed.send_queue)
             session.video = video
 
             def first_frame() -> None:
@@ -125,18 +128,18 @@ class WhepService:
 
             video.on_first_frame = first_frame
             if wants_audio:
-                session.audio = OpusTrack()
-            # Join the feed now (the tracks take nothing until their sender starts): the feed is held from
-            # the first session that needs it, so a viewer leaving meanwhile cannot drop it under this one.
+                session.audio = AudioOut()
+            # Join the feed now (nothing is sent until the senders start): the feed is held from the first
+            # session that needs it, so a viewer leaving meanwhile cannot drop it under this one.
             session.viewer = Viewer(video, session.audio)
             feed.add(session.viewer)
-            transceiver = pc.addTransceiver(video, direction="sendonly")
+            transceiver = pc.addTransceiver(video.track, direction="sendonly")
             transceiver.setCodecPreferences(preferences("video", "video/H264"))
-            self._watch_rtcp(session, transceiver.sender)
+            self._send_path(session, transceiver.sender, video)
             if session.audio is not None:
-                audio = pc.addTransceiver(session.audio, direction="sendonly")
+                audio = pc.addTransceiver(session.audio.track, direction="sendonly")
                 audio.setCodecPreferences(preferences("audio", "audio/opus"))
-                self._watch_rtcp(session, audio.sender)
+                self._send_path(session, audio.sender, session.audio)
             await self.sessions.apply_offer(pc, text)
             chosen = choose_h264(offered, feed.avc_config())
             if chosen is not None:
@@ -165,7 +168,14 @@ class WhepService:
         feeds = self.sessions.feeds
         feed = feeds.get(stream.key)
         if feed is None or (feed.stream is not stream and feed.stream is not None):
-            feed = StreamFeed(stream.key, stream, self.stats.aac_to_opus, self.config.opus_bitrate, self._feed_error)
+            feed = StreamFeed(
+                stream.key,
+                stream,
+                self.stats.aac_to_opus,
+                self.config.opus_bitrate,
+                self._feed_error,
+                self.sessions.send_queue,
+            )
             feeds[stream.key] = feed
         return feed
 
@@ -181,11 +191,31 @@ class WhepService:
     def _feed_error(self, reason: str) -> None:
         self.stats.errors[reason] += 1
 
-    # ----- feedback ---------------------------------------------------------------------------
+    # ----- send path and feedback --------------------------------------------------------------
+
+    def _send_path(self, session: WhepSession, sender: RTCRtpSender, media: VideoOut | AudioOut) -> None:
+        """Our RTP stream for `sender`, started when aiortc starts the sender; its feedback watched."""
+        stats = self.stats
+
+        def retransmitted() -> None:
+            stats.rtp_retransmitted += 1
+
+        def start(started: FeedSender, parameters: RTCRtpSendParameters) -> RtpOut | None:
+            if session.closing:
+                return None
+            out = RtpOut(started, parameters, retransmitted)
+            media.start(out)
+            return out
+
+        try:
+            FeedSender.adopt(sender, start)
+        except SendPathUnsupported as exc:
+            raise Rejected(501, "whep_unsupported", str(exc)) from exc
+        self._watch_rtcp(session, sender)
 
     def _watch_rtcp(self, session: WhepSession, sender: RTCRtpSender) -> None:
-        """Count the feedback a viewer sends (aiortc acts on NACKs; PLI/FIR cannot be honoured on the packet
-        path) and note the viewer's activity; forward keyframe requests to a WHIP publisher."""
+        """Count the feedback a viewer sends (aiortc passes NACKs to our retransmission) and note the viewer's
+        activity; a keyframe request goes to a WHIP publisher, or else the viewer gets the cached GOP again."""
         original = sender._handle_rtcp_packet
         stats = self.stats
         forward = self._on_keyframe_request
@@ -198,7 +228,8 @@ class WhepService:
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 stats.feedback["pli" if packet.fmt == RTCP_PSFB_PLI else "fir"] += 1
                 stats.keyframe_requests["received"] += 1
-                forward(session.key)
+                if not forward(session.key) and session.video is not None and session.video.resync():
+                    stats.gop_resends += 1
             await original(packet)
 
         setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010 - an instance attribute, on purpose

@@ -144,11 +144,12 @@ class WhipService:
         if due or (ingest.keyframe_wanted and now - session.last_pli >= WANTED_KEYFRAME_INTERVAL):
             await self._send_pli(session)
 
-    def forward_keyframe_request(self, key: str) -> None:
-        """A WHEP viewer of `key` asked for a keyframe: pass it on if a WHIP peer publishes that stream."""
+    def forward_keyframe_request(self, key: str) -> bool:
+        """A WHEP viewer of `key` asked for a keyframe: pass it on if a WHIP peer publishes that stream.
+        True when one does (it makes the keyframe, now or at its next request)."""
         stream = self.hub.streams.get(key)
         if stream is None or not isinstance(stream.publisher, WhipPublisher):
-            return
+            return False
         for session in self.sessions.sessions.values():
             if (
                 isinstance(session, WhipSession)
@@ -158,6 +159,7 @@ class WhipService:
             ):
                 session.ingest.keyframe_wanted = True
                 asyncio.get_running_loop().create_task(self._send_pli(session))
+        return True
 
     async def _send_pli(self, session: WhipSession) -> None:
         """Ask a WHIP publisher for a keyframe (RTCP PLI on its video SSRC)."""

@@ -17,10 +17,10 @@ from mediaserver.media import Packet
 from mediaserver.metrics import Metrics
 from mediaserver.webrtc.feed import StreamFeed
 from mediaserver.webrtc.service import WebrtcService
-from mediaserver.webrtc.tracks import H264Track
+from mediaserver.webrtc.tracks import VideoOut
 from mediaserver.webrtc.transcode import TranscodeStats
 from tests.webrtc.helpers import SDP, loopback_offer, loopback_pc
-from tests.webrtc.test_tracks import live_stream, new_viewer, push_video
+from tests.webrtc.test_tracks import CountingQueue, Started, live_stream, new_viewer, push_video
 
 VIEWERS = 3
 
@@ -48,10 +48,12 @@ async def test_one_packet_reaches_every_viewer_through_one_hub_call() -> None:
     hub = Hub()
     stream = live_stream(hub)
     push_video(stream, 0, key=True)
-    feed = StreamFeed(stream.key, stream, TranscodeStats(), 64000, lambda reason: None)
-    tracks = [new_viewer(feed)[1] for _ in range(VIEWERS)]
-    for track in tracks:
-        await track.recv()  # armed, on the cached keyframe
+    queue = CountingQueue()
+    feed = StreamFeed(stream.key, stream, TranscodeStats(), 64000, lambda reason: None, queue)
+    outs = [new_viewer(feed)[1] for _ in range(VIEWERS)]
+    for out in outs:
+        Started(out)  # started, on the cached keyframe
+    queue.batches.clear()
     calls = 0
     on_packet = feed.on_packet
 
@@ -63,7 +65,9 @@ async def test_one_packet_reaches_every_viewer_through_one_hub_call() -> None:
     feed.on_packet = counted  # type: ignore[method-assign]
     push_video(stream, 40, key=False)
     assert calls == 1
-    assert all(len(track._queue) == 1 for track in tracks)
+    # One send batch for all the viewers.
+    ((_, targets),) = queue.batches
+    assert [target[0] for target in targets] == [out.rtp for out in outs]
 
 
 def test_the_stream_ending_unsubscribes_the_feed() -> None:
@@ -121,7 +125,7 @@ async def test_n_whep_viewers_make_one_hub_subscriber(whep: tuple[Hub, WebrtcSer
         assert 'mediaserver_subscribers{protocol="webrtc"} 1.0' in scrape
         assert "mediaserver_webrtc_feeds 1.0" in scrape
         # Video only: no audio in the stream, so no Opus track and no transcoder.
-        assert all(isinstance(viewer.video, H264Track) and viewer.audio is None for viewer in feed.viewers)
+        assert all(isinstance(viewer.video, VideoOut) and viewer.audio is None for viewer in feed.viewers)
         listing = await (await client.get("/api/v1/webrtc/sessions")).json()
         assert listing["feeds"] == 1 and {s["name"] for s in listing["sessions"]} == {"cam"}
 
