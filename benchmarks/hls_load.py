@@ -3,6 +3,7 @@
     python -m benchmarks.hls_load --target both --streams 50 --viewers 0          # ingest+HLS CPU vs nginx
     python -m benchmarks.hls_load --target ours --mode ll --streams 5 --viewers 30  # LL-HLS latency
     python -m benchmarks.hls_load --target ours --mode plain --streams 1 --viewers 1000
+    python -m benchmarks.hls_load --target both --mode ll --streams 1 --viewers 2000   # ours LL, nginx plain
 
 The tool starts the server under test (ours: `python -m mediaserver serve`; nginx: nginx-rtmp with
 `hls on`, /work/shared/bench/nginx-rtmp-anchor.conf), drives it from this one process with the
@@ -27,6 +28,11 @@ start to the window's end), viewers that got no media in the window, the server'
 how late its publishers send (`!` marks a saturated load generator). `--json` keeps everything.
 Playlists are gzip'd when the server offers it (aiohttp sends Accept-Encoding: gzip, as browsers
 do; `--no-gzip` turns that off).
+
+nginx-rtmp has no LL-HLS: with `--mode ll --target both` its viewers are plain ones (the same number), so the
+ratio compares our LL-HLS serving with nginx's plain HLS serving of the same audience. Ours also reports, over
+the window, how often it rendered a playlist against how often one was asked for (`renders/s`, `playlist req/s`:
+a render per change, not per request) and the share of segment and part bytes that left through sendfile.
 """
 
 from __future__ import annotations
@@ -93,6 +99,11 @@ class HlsResult(TargetResult):
     resyncs: int = 0
     anomalies: int = 0
     hls_streams: int | None = None  # streams with an HLS playlist at the end
+    # Ours, over the window: playlists rendered and asked for per second, and the share of segment and part bytes
+    # sent from written-out segments' files with sendfile.
+    playlist_renders_per_s: float | None = None
+    playlist_requests_per_s: float | None = None
+    sendfile_share: float | None = None
     hls_segments_in_window: int | None = None
     server_hls_errors: dict[str, int] = field(default_factory=dict)
 
@@ -127,6 +138,29 @@ class HlsCounters:
         }
         lag = family(samples, "mediaserver_event_loop_lag_max_seconds")
         return streams, segments, errors, (max(lag.values()) if lag else None)
+
+
+_SERVING = (
+    "mediaserver_hls_playlist_renders_total",
+    "mediaserver_hls_playlist_requests_total",
+    "mediaserver_hls_sendfile_bytes_total",
+)
+
+
+def serving_counters(samples: dict[str, float]) -> dict[str, float]:
+    """Ours: playlist renders and requests, bytes sent with sendfile, and segment plus part bytes sent."""
+    counters = {name: sum(family(samples, name).values()) for name in _SERVING}
+    sent = family(samples, "mediaserver_hls_sent_bytes_total")
+    counters["media"] = sum(value for labels, value in sent.items() if first_label(labels) in ("segment", "part"))
+    return counters
+
+
+def _fill_serving(result: HlsResult, before: dict[str, float], after: dict[str, float], seconds: float) -> None:
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    result.playlist_renders_per_s = round(delta["mediaserver_hls_playlist_renders_total"] / seconds, 1)
+    result.playlist_requests_per_s = round(delta["mediaserver_hls_playlist_requests_total"] / seconds, 1)
+    if delta["media"] > 0:
+        result.sendfile_share = round(delta["mediaserver_hls_sendfile_bytes_total"] / delta["media"], 3)
 
 
 async def _wait_playlists(server: Server, session: aiohttp.ClientSession, urls: list[str], timeout: float) -> int:
@@ -207,7 +241,9 @@ def _set_percentiles(result: HlsResult, prefix: str, values: Iterable[float], pc
 
 async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -> HlsResult:
     k, m = args.streams, args.viewers
-    mode = args.mode if m else "none"
+    # nginx-rtmp has no LL-HLS: its viewers of an LL run are plain ones.
+    viewer_mode = args.mode if target == "ours" else "plain"
+    mode = viewer_mode if m else "none"
     result = HlsResult(target=target, mode=mode, streams=k, viewers=m)
     server = make_server(target, args.keep_temp)
     loop = asyncio.get_running_loop()
@@ -239,11 +275,11 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
             ready = await _wait_playlists(server, session, urls, timeout=20.0)
             log(f"[{target}] {ready}/{k} playlists have a segment")
             spread = args.join_spread if args.join_spread is not None else max(2.0, m / 500)
-            log(f"[{target}] starting {m} {args.mode} viewers over {spread:.1f} s")
+            log(f"[{target}] starting {m} {viewer_mode} viewers over {spread:.1f} s")
             for j in range(m):
                 stream = j % k
                 viewer = Viewer(
-                    j, stream, urls[stream], args.mode, session, meter, headers, publishers[stream], clock_offset
+                    j, stream, urls[stream], viewer_mode, session, meter, headers, publishers[stream], clock_offset
                 )
                 viewers.append(viewer)
                 tasks.append(loop.create_task(viewer.run()))
@@ -261,6 +297,7 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
         bytes0 = sum(v.bytes for v in viewers)
         window = WindowMeter(server, fleet)
         recorded0 = await asyncio.to_thread(server.scrape) if args.record and target == "ours" else None
+        serving0 = serving_counters(await asyncio.to_thread(server.scrape)) if target == "ours" else None
         window.open()
         meter.active = True
         await asyncio.sleep(args.duration)
@@ -271,6 +308,9 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
         meter.stopping = True  # what fails from here on is our own shutdown
 
         window.fill(result, k)
+        if serving0 is not None:
+            serving1 = serving_counters(await asyncio.to_thread(server.scrape))
+            _fill_serving(result, serving0, serving1, window.elapsed)
         if recorded0 is not None:
             _fill_recording(result, recorded0, await asyncio.to_thread(server.scrape), window.elapsed)
         result.requests_per_s = round((requests1 - requests0) / window.elapsed, 1)
@@ -363,6 +403,9 @@ COLUMNS: list[tuple[str, Callable[[HlsResult], str]]] = [
     ("ingest lag p99/max ms", lambda r: f"{_num(r.ingest_lag_p99_ms)}/{_num(r.ingest_lag_max_ms)}"),
     ("loop lag max ms", lambda r: _num(r.server_loop_lag_max_ms)),
     ("req/s", lambda r: f"{r.requests_per_s:.0f}"),
+    ("playlist req/s", lambda r: _num(r.playlist_requests_per_s)),
+    ("renders/s", lambda r: _num(r.playlist_renders_per_s, 1)),
+    ("sendfile share", lambda r: _num(r.sendfile_share, 2)),
     ("out Mbit/s", lambda r: f"{r.out_mbps:.0f}"),
     ("failed req (run/window)", lambda r: f"{r.failures}/{r.failures_window}"),
     ("stalled viewers", lambda r: str(r.viewers_stalled)),
@@ -383,7 +426,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_target_arguments(parser)
     parser.add_argument("--streams", "-k", type=int, default=10, help="streams, one RTMP publisher each")
     parser.add_argument("--viewers", "-m", type=int, default=0, help="HLS viewers in all, spread over the streams")
-    parser.add_argument("--mode", choices=("ll", "plain"), default="ll", help="viewer behaviour (nginx: plain)")
+    parser.add_argument(
+        "--mode", choices=("ll", "plain"), default="ll", help="viewer behaviour (nginx's viewers are always plain)"
+    )
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after the last viewer starts")
     parser.add_argument(
         "--join-spread",
@@ -404,8 +449,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         os.environ["MEDIASERVER_RECORDING_STREAMS"] = "live/*"
     if args.streams < 1 or args.viewers < 0 or args.duration <= 0 or args.warmup < 0:
         parser.error("need --streams >= 1, --viewers >= 0, --duration > 0, --warmup >= 0")
-    if args.viewers and args.mode == "ll" and args.target != "ours":
-        parser.error("nginx-rtmp has no LL-HLS: use --mode plain with --target nginx|both")
+    if args.viewers and args.mode == "ll" and args.target == "nginx":
+        parser.error("nginx-rtmp has no LL-HLS: use --mode plain with --target nginx (both: nginx's viewers are plain)")
     return args
 
 

@@ -26,6 +26,7 @@ from mediaserver.codecs.strings import codec_string
 from mediaserver.formats import fmp4
 from mediaserver.fragments import CmafFragment, CmafInit, FragmentListener
 from mediaserver.hls.spill import SpilledRange, SpillWriter, StreamSpill
+from mediaserver.hls.waiters import ChangeWaiters
 from mediaserver.media import Codec, Packet, TrackInfo, TrackKind
 
 log = logging.getLogger("mediaserver.hls")
@@ -127,6 +128,7 @@ class HlsStream:
     ) -> None:
         self.app = app
         self.name = name
+        self.key = f"{app}/{name}"
         self.settings = settings
         self.stats = stats
         # Sequence numbers start from the wall clock, so URIs never repeat across restarts
@@ -145,7 +147,8 @@ class HlsStream:
         self.max_segment_duration = settings.segment_duration
         self.discontinuity_sequence = 0
         self.ended_at = 0.0
-        self._changed = asyncio.Event()
+        # Requests waiting for the next change (blocking reloads, the preload-hinted part).
+        self._waiters = ChangeWaiters()
         self._tracks: list[TrackInfo] = []
         self._track_versions: tuple[int, int] = (-1, -1)
         # (kind, codec) -> index into _tracks, for the per-packet lookup.
@@ -493,15 +496,11 @@ class HlsStream:
 
     def _notify(self) -> None:
         self.version += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._waiters.wake()
 
     async def wait_change(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        """Whether the stream changed within `timeout` seconds (all the waiters wake on the same change)."""
+        return await self._waiters.wait(timeout)
 
     @property
     def last_msn(self) -> int:

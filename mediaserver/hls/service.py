@@ -1,16 +1,19 @@
-"""HLS service: one segmenter per live stream, and the HTTP handlers that serve them from memory."""
+"""HLS service: one segmenter per live stream, and the HTTP handlers that serve them from memory.
+
+Thousands of viewers of one stream ask for the same few resources, so a request does little of its own: the
+playlist comes ready from `responses.PlaylistCache` (rendered and compressed once per change), media goes out as
+the buffers it is held in or from its spill file with sendfile (`responses.media_response`), counters are plain
+integers the collector reports, and blocked LL-HLS reloads all wake on the one change they wait for.
+"""
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator
 
-from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.payload import Payload
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -20,6 +23,7 @@ from mediaserver.background import BackgroundTask
 from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.fragments import FragmentListener
 from mediaserver.hls import playlist
+from mediaserver.hls.responses import Buffer, PlaylistCache, ServeStats, media_response
 from mediaserver.hls.segmenter import HlsSettings, HlsStream, Segment, SegmenterStats
 from mediaserver.hls.spill import SpillWriter
 from mediaserver.http.access import PlayAccess, set_play_cookie
@@ -28,8 +32,6 @@ from mediaserver.hub import Hub
 
 log = logging.getLogger("mediaserver.hls")
 
-PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
-IMMUTABLE = "public, max-age=31536000, immutable"
 _FILE = re.compile(r"^(?:init-(\d{1,9})\.mp4|seg-(\d{1,19})\.m4s|part-(\d{1,19})-(\d{1,4})\.m4s)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # A viewer counts as watching while it made a request this recently.
@@ -55,24 +57,27 @@ class HlsService:
         self.stats = SegmenterStats()
         # One thread writes older segments out of memory for every stream.
         self.spill_writer = SpillWriter(settings.spill_dir) if settings.spill else None
-        # (app, name, skip, gzip) -> (stream version, body)
-        self._playlists: dict[tuple[str, str, bool, bool], tuple[tuple[int, ...], bytes]] = {}
+        # Playlists rendered (and compressed) once per change of their stream, not per request.
+        self.playlists = PlaylistCache()
         # The other renditions of a stream's picture (app, name) -> names: an ABR ladder's, set by the
         # composition root when there is one.
         self.renditions: Callable[[str, str], list[str]] | None = None
         self._viewers: dict[tuple[str, str, str], float] = {}
         self._housekeeping = BackgroundTask.every(1.0, self._housekeep, "hls_housekeeping")
-        self.playlist_requests = Counter(
-            "mediaserver_hls_playlist_requests", "Playlist requests", ["blocking"], registry=registry
-        )
-        self.blocked_wait = Histogram(
+        # Counted as plain integers (the collector reports them): a labelled prometheus child costs a lookup and
+        # a lock per increment, on every request.
+        self.playlist_requests = {"yes": 0, "no": 0}
+        self.bytes_served = {"playlist": 0, "init": 0, "segment": 0, "part": 0}
+        self.serve_stats = ServeStats()
+        blocked_wait = Histogram(
             "mediaserver_hls_blocking_wait_seconds",
             "How long blocking playlist and part requests waited",
             ["kind"],
             buckets=(0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 4.0, 8.0),
             registry=registry,
         )
-        self.bytes_served = Counter("mediaserver_hls_sent_bytes", "HLS bytes served", ["kind"], registry=registry)
+        self._playlist_wait = blocked_wait.labels("playlist")
+        self._part_wait = blocked_wait.labels("part")
         self.request_errors = Counter(
             "mediaserver_hls_request_errors", "HLS requests refused", ["status"], registry=registry
         )
@@ -116,8 +121,7 @@ class HlsService:
             if hls.ended and now - hls.ended_at > self.grace_seconds:
                 del self.streams[key]
                 hls.close()
-                for variant in [k for k in self._playlists if k[0] == hls.app and k[1] == hls.name]:
-                    del self._playlists[variant]
+                self.playlists.forget(hls.app, hls.name)
                 log.info("event=hls_stream_removed stream=%s", key)
         self._prune_viewers(now)
 
@@ -183,77 +187,73 @@ class HlsService:
             stream = self.streams.get(f"{grant.app}/{grant.name}")
         if stream is None:
             return self._error(404, "stream_not_found", "no HLS stream with that name")
-        query = request.query
-        try:
-            msn = _query_int(query.get("_HLS_msn"))
-            part = _query_int(query.get("_HLS_part"))
-        except ValueError:
-            return self._error(400, "bad_request", "_HLS_msn and _HLS_part must be non-negative integers")
-        skip_value = query.get("_HLS_skip")
-        if skip_value not in (None, "YES", "v2"):
-            return self._error(400, "bad_request", "_HLS_skip must be YES or v2")
-        if part is not None and msn is None:
-            return self._error(400, "bad_request", "_HLS_part requires _HLS_msn")
-        self._viewers[(stream.app + "/" + stream.name, request.remote or "", request.headers.get("User-Agent", ""))] = (
-            time.monotonic()
-        )
-        self.playlist_requests.labels("yes" if msn is not None else "no").inc()
-        if msn is None and not stream.segments:
-            # A stream that has just gone live has no complete segment yet: answer once it has one rather than
-            # with a playlist of parts only (hls.js counts only whole segments, takes that as levelEmptyError
-            # and asks again only after its retry delay).
-            started = time.monotonic()
-            timeout = 3 * playlist.target_duration(stream)
-            while not stream.ended and not stream.segments:
-                remaining = started + timeout - time.monotonic()
-                if remaining <= 0 or not await stream.wait_change(remaining):
-                    break
-        elif msn is not None:
+        msn = part = None
+        skip = False
+        # Plain reloads carry no query: no need to parse one.
+        if request.query_string:
+            query = request.query
+            try:
+                msn = _query_int(query.get("_HLS_msn"))
+                part = _query_int(query.get("_HLS_part"))
+            except ValueError:
+                return self._error(400, "bad_request", "_HLS_msn and _HLS_part must be non-negative integers")
+            skip_value = query.get("_HLS_skip")
+            if skip_value not in (None, "YES", "v2"):
+                return self._error(400, "bad_request", "_HLS_skip must be YES or v2")
+            if part is not None and msn is None:
+                return self._error(400, "bad_request", "_HLS_part requires _HLS_msn")
+            skip = skip_value is not None
+        now = time.monotonic()
+        self._viewers[(stream.key, request.remote or "", request.headers.get(hdrs.USER_AGENT, ""))] = now
+        if msn is None:
+            self.playlist_requests["no"] += 1
+            if not stream.segments:
+                # A stream that has just gone live has no complete segment yet: answer once it has one rather
+                # than with a playlist of parts only (hls.js counts only whole segments, takes that as
+                # levelEmptyError and asks again only after its retry delay).
+                timeout = 3 * playlist.target_duration(stream)
+                while not stream.ended and not stream.segments:
+                    remaining = now + timeout - time.monotonic()
+                    if remaining <= 0 or not await stream.wait_change(remaining):
+                        break
+        else:
+            self.playlist_requests["yes"] += 1
             if msn > stream.last_msn + 2:
                 return self._error(400, "too_far_ahead", "the requested segment is too far in the future")
-            started = time.monotonic()
-            timeout = 3 * playlist.target_duration(stream)
-            while not stream.ended and not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
-                remaining = started + timeout - time.monotonic()
-                if remaining <= 0 or not await stream.wait_change(remaining):
-                    if not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
-                        self.blocked_wait.labels("playlist").observe(time.monotonic() - started)
-                        return self._error(503, "not_ready", "the requested part did not arrive in time")
-                    break
-            self.blocked_wait.labels("playlist").observe(time.monotonic() - started)
-        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
-        body = self._rendered(stream, skip_value is not None, gzipped)
-        headers = {
-            "Cache-Control": "public, max-age=2" if msn is not None else "no-cache",
-            "Access-Control-Allow-Origin": "*",
-            "Vary": "Accept-Encoding",
-        }
-        if gzipped:
-            headers["Content-Encoding"] = "gzip"
-        self.bytes_served.labels("playlist").inc(len(body))
-        response = web.Response(body=body, content_type=PLAYLIST_TYPE, charset="utf-8", headers=headers)
-        set_play_cookie(request, response, grant)
+            if not stream.ended and not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
+                timeout = 3 * playlist.target_duration(stream)
+                # All the viewers waiting here wake on the same change and share one render of it.
+                while not stream.ended and not (
+                    stream.has_segment(msn) if part is None else stream.has_part(msn, part)
+                ):
+                    remaining = now + timeout - time.monotonic()
+                    if remaining <= 0 or not await stream.wait_change(remaining):
+                        if not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
+                            self._playlist_wait.observe(time.monotonic() - now)
+                            return self._error(503, "not_ready", "the requested part did not arrive in time")
+                        break
+                self._playlist_wait.observe(time.monotonic() - now)
+            else:
+                self._playlist_wait.observe(0.0)
+        variant = self.playlists.get(
+            stream, self._renditions_of(stream), skip, "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+        )
+        self.bytes_served["playlist"] += len(variant.body)
+        response = variant.response(msn is not None)
+        if grant.credential is not None:
+            set_play_cookie(request, response, grant)
         return response
 
-    def _rendered(self, stream: HlsStream, skip: bool, gzipped: bool) -> bytes:
-        """The playlist as bytes, rendered (and compressed) once per change of the stream (or of the other
-        renditions it reports on), not per request."""
-        key = (stream.app, stream.name, skip, gzipped)
+    def _renditions_of(self, stream: HlsStream) -> list[HlsStream]:
+        """The streams of the other renditions of `stream`'s picture that have a playlist here."""
+        if self.renditions is None:
+            return []
         others: list[HlsStream] = []
-        if self.renditions is not None:
-            for name in self.renditions(stream.app, stream.name):
-                other = self.streams.get(f"{stream.app}/{name}")
-                if other is not None:
-                    others.append(other)
-        version = (stream.version, *(other.version for other in others))
-        cached = self._playlists.get(key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        body = playlist.render(stream, skip=skip, renditions=others).encode()
-        if gzipped:
-            body = gzip.compress(body, compresslevel=5, mtime=0)
-        self._playlists[key] = (version, body)
-        return body
+        for name in self.renditions(stream.app, stream.name):
+            other = self.streams.get(f"{stream.app}/{name}")
+            if other is not None:
+                others.append(other)
+        return others
 
     async def handle_file(self, request: web.Request) -> web.Response:
         authorized = await self._authorized(request)
@@ -287,14 +287,12 @@ class HlsService:
 
     async def _wait_part(self, stream: HlsStream, msn: int, index: int) -> Segment | None:
         """The segment holding a part, waiting for the part when it is the one announced by the preload hint."""
+        segment = stream.find_segment(msn)
+        if segment is not None and index < len(segment.parts):
+            return segment
         started = time.monotonic()
         timeout = 3 * playlist.target_duration(stream)
         while True:
-            segment = stream.find_segment(msn)
-            if segment is not None and index < len(segment.parts):
-                if time.monotonic() - started > 0.001:
-                    self.blocked_wait.labels("part").observe(time.monotonic() - started)
-                return segment
             current = stream.current
             is_next = (current is not None and current.msn == msn and index == len(current.parts)) or (
                 msn == stream.last_msn + 1 and index == 0
@@ -304,17 +302,25 @@ class HlsService:
             remaining = started + timeout - time.monotonic()
             if remaining <= 0 or not await stream.wait_change(remaining):
                 return None
+            segment = stream.find_segment(msn)
+            if segment is not None and index < len(segment.parts):
+                self._part_wait.observe(time.monotonic() - started)
+                return segment
 
-    def _media(self, request: web.Request, data: bytes | memoryview, kind: str) -> web.Response:
+    def _media(self, request: web.Request, data: Buffer, kind: str) -> web.Response:
         """A resource held as one buffer (init segments, parts of the open segment)."""
         total = len(data)
+        if hdrs.RANGE not in request.headers:
+            self.bytes_served[kind] += total
+            return media_response(kind, (data,), 0, total, total)
         parsed = self._range(request, total)
         if isinstance(parsed, web.Response):
             return parsed
         start, end = parsed
         # A range is a view of the buffer, not a copy.
         body = data if (start, end) == (0, total) else memoryview(data)[start:end]
-        return self._media_response(kind, [body], start, end, total)
+        self.bytes_served[kind] += end - start
+        return media_response(kind, (body,), start, end, total)
 
     async def _segment_media(
         self, request: web.Request, stream: HlsStream, segment: Segment, first: int, last: int, kind: str
@@ -331,11 +337,16 @@ class HlsService:
         except OSError as exc:
             log.warning("event=hls_read_failed stream=%s/%s msn=%d error=%s", stream.app, stream.name, segment.msn, exc)
             return self._error(500, "read_failed", "the segment could not be read")
-        return self._media_response(kind, chunks, start, end, total)
+        self.bytes_served[kind] += end - start
+        # Written out (it may have left the window meanwhile): the file can send what the socket takes at once.
+        spilled = segment.spilled
+        if spilled is None:
+            return media_response(kind, chunks, start, end, total)
+        return media_response(kind, chunks, start, end, total, spilled, first + start, self.serve_stats)
 
     def _range(self, request: web.Request, total: int) -> tuple[int, int] | web.Response:
         """[start, end) to send: the whole resource, the Range asked for, or the 416 answer."""
-        range_header = request.headers.get("Range")
+        range_header = request.headers.get(hdrs.RANGE)
         if range_header is None:
             return 0, total
         parsed = _parse_range(range_header, total)
@@ -344,42 +355,6 @@ class HlsService:
             response.headers["Content-Range"] = f"bytes */{total}"
             return response
         return parsed[0], parsed[1] + 1
-
-    def _media_response(
-        self, kind: str, chunks: list[bytes | memoryview], start: int, end: int, total: int
-    ) -> web.Response:
-        headers = {
-            "Cache-Control": IMMUTABLE,
-            "Access-Control-Allow-Origin": "*",
-            "Access-Control-Expose-Headers": "Content-Length, Content-Range",
-            "Accept-Ranges": "bytes",
-        }
-        content_type = "video/mp4" if kind == "init" else "video/iso.segment"
-        status = 200
-        if (start, end) != (0, total):
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
-        self.bytes_served.labels(kind).inc(end - start)
-        body: bytes | memoryview | Payload = chunks[0] if len(chunks) == 1 else _Chunks(chunks, end - start)
-        return web.Response(status=status, body=body, content_type=content_type, headers=headers)
-
-
-class _Chunks(Payload):
-    """A body sent as several buffers one after the other (a segment's parts), without joining them."""
-
-    _autoclose = True
-
-    def __init__(self, chunks: list[bytes | memoryview], size: int) -> None:
-        super().__init__(chunks)
-        self._chunks = chunks
-        self._size = size
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return b"".join(self._chunks).decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        for chunk in self._chunks:
-            await writer.write(chunk)
 
 
 def _query_int(value: str | None) -> int | None:
@@ -449,6 +424,30 @@ class _HlsCollector(Collector):
             "mediaserver_hls_spill_errors",
             "Segments that could not be written out of memory (kept in memory instead)",
             value=writer.errors if writer is not None else 0,
+        )
+        service = self._service
+        requests = CounterMetricFamily("mediaserver_hls_playlist_requests", "Playlist requests", labels=["blocking"])
+        for blocking, count in service.playlist_requests.items():
+            requests.add_metric([blocking], count)
+        yield requests
+        sent = CounterMetricFamily("mediaserver_hls_sent_bytes", "HLS bytes served", labels=["kind"])
+        for kind, count in service.bytes_served.items():
+            sent.add_metric([kind], count)
+        yield sent
+        yield CounterMetricFamily(
+            "mediaserver_hls_sendfile_bytes",
+            "Media bytes sent from written-out segments' files with sendfile (no copy through the process)",
+            value=service.serve_stats.sendfile_bytes,
+        )
+        yield CounterMetricFamily(
+            "mediaserver_hls_playlist_renders",
+            "Playlists rendered (once per change of a stream and variant, whatever the number of requests)",
+            value=service.playlists.renders,
+        )
+        yield CounterMetricFamily(
+            "mediaserver_hls_playlist_compressions",
+            "Rendered playlists compressed with gzip (once per change and variant)",
+            value=service.playlists.compressions,
         )
         viewers = GaugeMetricFamily("mediaserver_hls_viewers", "Distinct recent HLS clients", labels=["stream"])
         for key, count in self._service.viewer_counts().items():

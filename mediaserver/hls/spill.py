@@ -4,7 +4,9 @@ A live stream's window (6 segments of 2 s by default) is most of what the server
 segments stay in memory, older ones move to anonymous temporary files (unlinked from the start, so nothing is
 left behind after a crash) and are served from there (the page cache, in practice: they were just written).
 
-Writes run in one thread shared by every stream and reads in the default executor, never on the event loop.
+Writes run in one thread shared by every stream and reads in the default executor, never on the event loop. A
+viewer's copy goes from the file to its socket with sendfile when the socket takes it at once (`send_spilled`):
+no copy of the bytes through this process.
 Each stream appends its segments to a file until the file holds a window's worth, then starts the next one; a
 file is closed once none of its segments is in a playlist and no read is in flight, so a stream keeps at most
 about two windows on disk.
@@ -114,6 +116,32 @@ def _read_all(fd: int, offset: int, length: int) -> bytes:
         pieces.append(more)
         got += len(more)
     return b"".join(pieces)
+
+
+def send_spilled(sock: int, spilled: SpilledRange, start: int, count: int) -> int:
+    """Send `count` bytes from `start` within the stored segment straight from its file to the non-blocking socket
+    `sock`, as far as the socket takes them now; how many it took (0 when the file is gone or sendfile fails).
+
+    On the event loop, and it does not wait: the socket is non-blocking, and the bytes are in the page cache (the
+    segment was written moments ago, and the HLS service reads it back through the executor before it answers,
+    which is also the copy a socket that takes only part of it gets the rest from)."""
+    file = spilled.file
+    fd = file.fd
+    if fd < 0 or file.closed:
+        return 0
+    offset = spilled.offset + start
+    sent = 0
+    while sent < count:
+        try:
+            taken = os.sendfile(sock, fd, offset + sent, count - sent)
+        except OSError:
+            # The socket is full (the rest goes through the transport), the peer is gone (the transport's own
+            # write reports it), or the file system has no sendfile.
+            break
+        if taken <= 0:
+            break
+        sent += taken
+    return sent
 
 
 class StreamSpill:
