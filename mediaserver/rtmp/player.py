@@ -1,9 +1,12 @@
 """The playing side of an RTMP connection: a hub subscriber that writes a stream's packets to the socket.
 
 A new player gets the stream's metadata, sequence headers and cached GOP first (the join
-burst), then every packet as the hub fans it out. Players on the usual message stream id and
-chunk size share one serialisation of each packet (`Packet.wire`). A player whose socket
-buffer overflows skips to the next keyframe instead of queueing without bound.
+burst, in one write), then every packet as the hub fans it out. Players on the usual message
+stream id and chunk size share one serialisation of each packet (`Packet.wire`: a type-0 header
+with the packet's own timestamp, so the bytes do not depend on what the connection sent before
+and every player gets the same ones); a player's own work per packet is the checks below and one
+`transport.write` of those shared bytes. A player whose socket buffer overflows skips to the next
+keyframe instead of queueing without bound.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class RtmpPlayer:
     """One subscriber of `stream`, on message stream `stream_id` of its connection."""
 
     __slots__ = (
+        "_burst",
         "_chunk_size",
         "_conn",
         "_hub",
@@ -59,13 +63,16 @@ class RtmpPlayer:
         # `Packet.wire` is made for message stream 1 at the configured chunk size; others encode their own.
         self._shared_wire = stream_id == PLAY_STREAM_ID and conn.out_chunk_size == ctx.config.out_chunk_size
         self._skip_to_keyframe = False
+        # While the join burst is made: its messages, written in one call at its end.
+        self._burst: list[bytes] | None = None
         self.peer = conn.peer
         self.protocol = conn.protocol
         self.stream = stream
 
     def send_join_burst(self) -> int:
         """Metadata, sequence headers stamped with the burst's start, then the burst (the cached GOP, and the
-        one before while the current is short: `Stream.join_burst`). Returns the burst's length in ms.
+        one before while the current is short: `Stream.join_burst`), in one write. Returns the burst's length
+        in ms.
 
         Metadata goes at time 0: FFmpeg's FLV reader takes an onMetaData with a non-zero
         time for a text track.
@@ -73,26 +80,35 @@ class RtmpPlayer:
         stream = self.stream
         gop = stream.join_burst()
         start = gop[0].dts if gop else 0
-        if stream.metadata is not None:
-            self._send_at(stream.metadata, 0)
-        for packet in (stream.video_config, stream.audio_config):
-            if packet is not None:
-                self._send_at(packet, start)
-        self._skip_to_keyframe = not gop and stream.video_config is not None
-        for packet in gop:
-            self.on_packet(packet)
+        burst: list[bytes] = []
+        self._burst = burst
+        try:
+            if stream.metadata is not None:
+                burst.append(self._stamped(stream.metadata, 0))
+            for packet in (stream.video_config, stream.audio_config):
+                if packet is not None:
+                    burst.append(self._stamped(packet, start))
+            self._skip_to_keyframe = not gop and stream.video_config is not None
+            for packet in gop:
+                self.on_packet(packet)
+        finally:
+            self._burst = None
+        transport = self._transport
+        if burst and not transport.is_closing():
+            # One writev instead of one write per message; the buffers are the shared ones, not copies.
+            transport.writelines(burst)
+            self._traffic.bytes_out[self.protocol] += sum(map(len, burst))
         return gop[-1].dts - start if gop else 0
 
-    def _send_at(self, packet: Packet, timestamp: int) -> None:
-        self._conn.write(
-            encode_message(
-                _CHUNK_STREAM[packet.kind],
-                _MESSAGE_TYPE[packet.kind],
-                self._stream_id,
-                timestamp,
-                packet.flv,
-                self._chunk_size,
-            )
+    def _stamped(self, packet: Packet, timestamp: int) -> bytes:
+        """`packet` stamped `timestamp`: an encoding of its own, the stamp being this player's."""
+        return encode_message(
+            _CHUNK_STREAM[packet.kind],
+            _MESSAGE_TYPE[packet.kind],
+            self._stream_id,
+            timestamp,
+            packet.flv,
+            self._chunk_size,
         )
 
     def end(self, why: str) -> None:
@@ -122,6 +138,8 @@ class RtmpPlayer:
                 self._hub.drops.add("slow_player")
                 return
             self._skip_to_keyframe = False
+        # During the join burst this sees nothing of the burst itself (it is written at its end): the GOP
+        # cache bounds that.
         if media and transport.get_write_buffer_size() > self._max_buffer:
             # The player cannot keep up: drop until the next keyframe rather than queue without bound.
             self._skip_to_keyframe = True
@@ -148,6 +166,10 @@ class RtmpPlayer:
                 packet.flv,
                 self._chunk_size,
             )
+        burst = self._burst
+        if burst is not None:
+            burst.append(wire)
+            return
         transport.write(wire)
         self._traffic.bytes_out[self.protocol] += len(wire)
 
