@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter
 
 from mediaserver.cluster.link import MachineLink, WorkerAddress
 from mediaserver.cluster.registry import StreamRegistry
@@ -61,28 +59,35 @@ def stream_of(path: str, camera_app: str = "live") -> tuple[str, str] | None:
     return None
 
 
-class _Families(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Metric]:
-        return self._families
+# A sample line of the text exposition: its name, and its labels when it has any.
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\})? ', re.MULTILINE)
 
 
 def merge_metrics(texts: dict[int, str]) -> bytes:
-    """Several workers' expositions as one, each sample labelled with its worker's index."""
-    families: dict[str, Metric] = {}
+    """Several workers' text expositions (prometheus-client's: each family a `# HELP`, a `# TYPE` and its
+    samples) as one, each sample labelled with its worker's index and each family given once. Done on the text
+    with one regular-expression pass per worker: parsing and rendering again cost tens of milliseconds of the
+    event loop for a few hundred streams."""
+    order: list[str] = []
+    heads: dict[str, str] = {}
+    bodies: dict[str, list[str]] = {}
     for worker, text in sorted(texts.items()):
-        for family in text_string_to_metric_families(text):
-            merged = families.get(family.name)
-            if merged is None:
-                merged = families[family.name] = Metric(family.name, family.documentation, family.type)
-            for sample in family.samples:
-                labels = {**sample.labels, "worker": str(worker)}
-                merged.samples.append(sample._replace(labels=labels))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(list(families.values())))
-    return generate_latest(registry)
+        tag = f'worker="{worker}"'
+
+        def labelled(match: re.Match[str], tag: str = tag) -> str:
+            labels = match.group(2)
+            return f"{match.group(1)}{{{labels},{tag}}} " if labels else f"{match.group(1)}{{{tag}}} "
+
+        for block in text.split("# HELP ")[1:]:
+            name = block.split(" ", 1)[0]
+            head, _, samples = block.partition("\n# TYPE ")
+            kind_line, _, samples = samples.partition("\n")
+            if name not in heads:
+                order.append(name)
+                heads[name] = f"# HELP {head}\n# TYPE {kind_line}\n"
+                bodies[name] = []
+            bodies[name].append(_SAMPLE.sub(labelled, samples))
+    return "".join(heads[name] + "".join(bodies[name]) for name in order).encode()
 
 
 class WorkerGateway:

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.workers_scale import lag_p99_ms
@@ -90,6 +90,9 @@ def _exposition(value: float) -> str:
     registry = CollectorRegistry()
     Counter("demo_requests", "Requests", ["route"], registry=registry).labels("a").inc(value)
     Gauge("demo_open", "Open", registry=registry).set(value)
+    odd = Gauge("demo_odd", "Label values with braces, commas and quotes", ["stream"], registry=registry)
+    odd.labels('live/a}b,c="d"\\').set(value)
+    Histogram("demo_seconds", "Waits", buckets=(0.1, 1.0), registry=registry).observe(value / 10)
     return generate_latest(registry).decode()
 
 
@@ -105,6 +108,13 @@ def test_worker_metrics_are_merged_with_a_worker_label() -> None:
     assert totals == {("0", "a"): 2.0, ("1", "a"): 3.0}
     assert sorted(s.value for s in families["demo_open"].samples) == [2.0, 3.0]
     assert merged.count("# TYPE demo_open gauge") == 1
+    odd = [s for s in families["demo_odd"].samples]
+    assert [(s.labels["stream"], s.labels["worker"]) for s in odd] == [
+        ('live/a}b,c="d"\\', "0"),
+        ('live/a}b,c="d"\\', "1"),
+    ]
+    buckets = [s for s in families["demo_seconds"].samples if s.name == "demo_seconds_bucket"]
+    assert len(buckets) == 6 and {s.labels["worker"] for s in buckets} == {"0", "1"}
 
 
 def test_machine_listings_are_joined() -> None:
