@@ -10,7 +10,6 @@ import asyncio
 import gc
 import os
 import re
-import subprocess
 import tracemalloc
 from collections import deque
 from collections.abc import Iterator
@@ -24,8 +23,9 @@ from mediaserver.hls.segmenter import HlsSettings, HlsStream, SegmenterStats
 from mediaserver.hls.spill import SpillWriter
 from mediaserver.hub import Hub
 from mediaserver.media import Packet, TrackKind
-from tests.conftest import ServerProcess, ffmpeg_publish, require, wait_for_stream
+from tests.conftest import ServerProcess, ffmpeg_publish, wait_for_stream
 from tests.e2e.test_hls import http_get, wait_playlist
+from tests.hls.media import decoded_frames, make_clip
 
 CLIP_SECONDS = 21
 WINDOW = 4
@@ -34,42 +34,7 @@ WINDOW = 4
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """21 s of 640x360 H.264 at 1.5 Mbit/s (1 s GOP) and AAC, as FLV: RTMP's message bodies."""
-    path = tmp_path_factory.mktemp("clip") / "clip.flv"
-    subprocess.run(
-        [
-            require("ffmpeg"),
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            str(CLIP_SECONDS),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "1500k",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "96k",
-            "-f",
-            "flv",
-            str(path),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.flv", CLIP_SECONDS)
 
 
 def flv_tags(path: Path) -> Iterator[tuple[int, int, bytes]]:
@@ -295,24 +260,7 @@ def test_served_segments_are_their_parts_and_decode(server: ServerProcess, tmp_p
         assert status == 200
         media = tmp_path / "served.mp4"
         media.write_bytes(init + first)
-        probe = subprocess.run(
-            [
-                require("ffprobe"),
-                "-v",
-                "error",
-                "-count_frames",
-                "-show_entries",
-                "stream=codec_name,nb_read_frames",
-                "-of",
-                "csv=p=0",
-                str(media),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert probe.returncode == 0 and not probe.stderr.strip(), probe.stderr
-        video, audio = (line.split(",") for line in probe.stdout.split())
+        video, audio = decoded_frames(media)
         # A 2 s segment: 25 fps video and 44.1 kHz AAC (43 frames a second).
         assert video[0] == "h264" and int(video[1]) >= 45
         assert audio[0] == "aac" and int(audio[1]) >= 80

@@ -11,7 +11,6 @@ import asyncio
 import gzip
 import re
 import socket
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from mediaserver.hls.segmenter import HlsSettings, HlsStream
 from mediaserver.hls.service import HlsService
 from mediaserver.hub import Hub, Stream
 from mediaserver.media import Packet, TrackKind
-from tests.conftest import require
+from tests.hls.media import decoded_frames, make_clip
 from tests.hls.test_memory import Capture, _Publisher, flv_tags
 
 CLIP_SECONDS = 14
@@ -38,41 +37,7 @@ BASE = "/hls/live/srv/"
 @pytest.fixture(scope="module")
 def packets(tmp_path_factory: pytest.TempPathFactory) -> list[Packet]:
     """14 s of 640x360 H.264 (1 s GOP, 25 fps) and AAC, as the packets the RTMP reader would make."""
-    path = tmp_path_factory.mktemp("clip") / "clip.flv"
-    subprocess.run(
-        [
-            require("ffmpeg"),
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            str(CLIP_SECONDS),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "1500k",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "96k",
-            "-f",
-            "flv",
-            str(path),
-        ],
-        check=True,
-        timeout=60,
-    )
+    path = make_clip(tmp_path_factory.mktemp("clip") / "clip.flv", CLIP_SECONDS)
     out: list[Packet] = []
     for kind, timestamp, body in flv_tags(path):
         packet = parse_video(body, timestamp) if kind == 9 else parse_audio(body, timestamp) if kind == 8 else None
@@ -285,24 +250,7 @@ async def test_served_bytes_are_the_segmenters(packets: list[Packet], tmp_path: 
         # A real decoder reads init + segment: a 2 s segment of 25 fps video and 44.1/48 kHz AAC.
         media = tmp_path / "served.mp4"
         media.write_bytes(init + served)
-        probe = subprocess.run(
-            [
-                require("ffprobe"),
-                "-v",
-                "error",
-                "-count_frames",
-                "-show_entries",
-                "stream=codec_name,nb_read_frames",
-                "-of",
-                "csv=p=0",
-                str(media),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert probe.returncode == 0 and not probe.stderr.strip(), probe.stderr
-        video, audio = (line.split(",") for line in probe.stdout.split())
+        video, audio = decoded_frames(media)
         assert video[0] == "h264" and int(video[1]) >= 45
         assert audio[0] == "aac" and int(audio[1]) >= 80
     finally:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import time
 from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import ServerProcess, ffmpeg_publish, require, wait_for_stream
+from tests.conftest import ServerProcess, ffmpeg_publish, wait_for_stream
 from tests.e2e.test_hls import wait_playlist
+from tests.hls.media import decoded_frames
 
 BASE = "/hls/live/many/"
 
@@ -82,24 +82,7 @@ async def test_many_viewers_one_render_per_change_and_sendfile(server: ServerPro
             init = await _get(session, url + init_uri.group(1))
         media = tmp_path / "served.mp4"
         media.write_bytes(init + segments[0])
-        probe = subprocess.run(
-            [
-                require("ffprobe"),
-                "-v",
-                "error",
-                "-count_frames",
-                "-show_entries",
-                "stream=codec_name,nb_read_frames",
-                "-of",
-                "csv=p=0",
-                str(media),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert probe.returncode == 0 and not probe.stderr.strip(), probe.stderr
-        video, audio = (line.split(",") for line in probe.stdout.split())
+        video, audio = decoded_frames(media)
         assert video[0] == "h264" and int(video[1]) >= 45
         assert audio[0] == "aac" and int(audio[1]) >= 80
     finally:
