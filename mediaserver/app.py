@@ -55,6 +55,19 @@ def make_authorizer(config: Config, control: ControlPlane | None = None) -> Auth
     return AllowAll()
 
 
+async def prepare_machine(config: Config) -> None:
+    """What the parent of worker processes does once, before any worker takes a stream: the control plane's
+    start-up steps (schema, first admin, stale camera status, the recording index against the disk)."""
+    Path(config.server.data_dir).mkdir(parents=True, exist_ok=True)
+    if not config.api.enabled:
+        return
+    plane = ControlPlane(config, Hub())
+    try:
+        await plane.prepare()
+    finally:
+        await plane.store.close()
+
+
 def node_entry(config: Config, worker: int) -> NodeEntry:
     """This node and worker as the Redis registry shows them to the other nodes."""
     cluster = config.cluster

@@ -19,7 +19,7 @@ def _install_uvloop() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mediaserver.app import MediaServer
+    from mediaserver.app import MediaServer, prepare_machine
     from mediaserver.cluster.role import WorkerRole
     from mediaserver.cluster.supervisor import Supervisor
 
@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if role is not None:
             asyncio.run(MediaServer(config, role=role).run_forever())
         elif workers > 1:
-            return asyncio.run(Supervisor(config, args.config, workers).run())
+            return asyncio.run(Supervisor(config, args.config, workers, prepare_machine).run())
         else:
             asyncio.run(MediaServer(config).run_forever())
     except (ConfigError, StoreError) as exc:

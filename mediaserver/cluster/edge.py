@@ -15,7 +15,6 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -31,7 +30,7 @@ from mediaserver.rtmp import chunk
 from mediaserver.rtmp.amf import AMFError, decode_amf0
 from mediaserver.rtmp.chunk import Message
 from mediaserver.rtmp.client import RtmpClient, RtmpClientError
-from mediaserver.rtmp.publisher import metadata_packet
+from mediaserver.rtmp.publisher import metadata_of
 
 log = logging.getLogger("mediaserver.cluster")
 
@@ -121,22 +120,12 @@ class EdgeCopy:
 
     def _on_data(self, message: Message) -> None:
         try:
-            values: list[Any] = decode_amf0(bytes(message.payload))
+            found = metadata_of(decode_amf0(bytes(message.payload)))
         except AMFError:
             return
-        if values and values[0] == "@setDataFrame":
-            values = values[1:]
-        if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
-            stream = self._publish()
-            if stream is not None:
-                meta = dict(values[1])
-                width, height, fps = (meta.get(k) for k in ("width", "height", "framerate"))
-                stream.set_metadata(
-                    metadata_packet(meta),
-                    int(width) if isinstance(width, (int, float)) and 0 < width < 1e5 else 0,
-                    int(height) if isinstance(height, (int, float)) and 0 < height < 1e5 else 0,
-                    float(fps) if isinstance(fps, (int, float)) and 0 < fps < 1000 else 0.0,
-                )
+        stream = self._publish() if found is not None else None
+        if found is not None and stream is not None:
+            stream.set_metadata(*found)
 
     def _on_close(self, error: Exception | None) -> None:
         self.close("source_closed" if error is None else "source_error")

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mediaserver.cluster.coordinator import Coordinator
@@ -25,24 +26,13 @@ HEALTHY_SECONDS = 30.0
 STOP_GRACE = 15.0
 
 
-async def prepare_machine(config: Config) -> None:
-    """The once-per-machine start-up steps of the control plane, before any worker takes a stream."""
-    Path(config.server.data_dir).mkdir(parents=True, exist_ok=True)
-    if not config.api.enabled:
-        return
-    from control.plane import ControlPlane
-    from mediaserver.hub import Hub
-
-    plane = ControlPlane(config, Hub())
-    try:
-        await plane.prepare()
-    finally:
-        await plane.store.close()
-
-
 class Supervisor:
-    def __init__(self, config: Config, config_path: str | None, count: int) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None, count: int, prepare: Callable[[Config], Awaitable[None]]
+    ) -> None:
+        """`prepare`: the once-per-machine start-up, done before any worker starts (the composition root's)."""
         self.config = config
+        self._prepare = prepare
         self.config_path = config_path
         self.count = count
         runtime = Path(config.runtime_dir())
@@ -83,7 +73,7 @@ class Supervisor:
     async def run(self) -> int:
         await self.coordinator.start()
         try:
-            await prepare_machine(self.config)
+            await self._prepare(self.config)
         except Exception:
             await self.coordinator.stop()
             raise

@@ -25,6 +25,18 @@ def metadata_packet(values: dict[str, Any], timestamp: int = 0) -> Packet:
     return Packet(TrackKind.DATA, Codec.UNKNOWN, timestamp, timestamp, False, body, 0)
 
 
+def metadata_of(values: list[Any]) -> tuple[Packet, int, int, float] | None:
+    """A data message's `onMetaData` (with or without `@setDataFrame`) as `Stream.set_metadata` takes it:
+    the packet players get, and the width, height and frame rate it declares; None for any other message."""
+    if values and values[0] == "@setDataFrame":
+        values = values[1:]
+    if len(values) < 2 or values[0] != "onMetaData" or not isinstance(values[1], dict):
+        return None
+    meta = dict(values[1])
+    width, height = int(finite_number(meta, "width")), int(finite_number(meta, "height"))
+    return metadata_packet(meta), width, height, finite_number(meta, "framerate")
+
+
 class RtmpPublisher:
     """What the hub holds as the stream's publisher (`Stream.publisher`).
 
@@ -55,18 +67,9 @@ class RtmpPublisher:
             self.stream.push(packet)
 
     def on_data(self, values: list[Any]) -> None:
-        if not values:
-            return
-        if values[0] == "@setDataFrame":
-            values = values[1:]
-        if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
-            meta = dict(values[1])
-            self.stream.set_metadata(
-                metadata_packet(meta),
-                int(finite_number(meta, "width")),
-                int(finite_number(meta, "height")),
-                finite_number(meta, "framerate"),
-            )
+        found = metadata_of(values)
+        if found is not None:
+            self.stream.set_metadata(*found)
 
     def stop(self, reason: str) -> None:
         """Hub request (idle timeout, shutdown): drop this publisher."""
