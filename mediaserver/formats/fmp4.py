@@ -311,10 +311,16 @@ _TRAF_FIXED = 8 + _TFHD_SIZE + _TFDT_SIZE + _TRUN_HEADER_SIZE
 
 
 def media_segment(sequence: int, fragments: list[tuple[int, int, list[Sample]]]) -> bytes:
-    """One moof + mdat. `fragments` is [(track_id, base decode time, samples)], in traf order.
+    """One moof + mdat as one buffer. `fragments` is [(track_id, base decode time, samples)], in traf order.
 
     Entries with no samples are left out; at least one sample overall is required.
     """
+    return b"".join(media_segment_chunks(sequence, fragments))
+
+
+def media_segment_chunks(sequence: int, fragments: list[tuple[int, int, list[Sample]]]) -> list[bytes | memoryview]:
+    """One moof + mdat as buffers to write one after the other: the boxes up to the mdat header, then each
+    sample's own data (no copy of the media: the samples' buffers are what the list holds)."""
     frags = [f for f in fragments if f[2]]
     if not frags:
         raise Fmp4Error("media segment without samples")
@@ -382,9 +388,10 @@ def media_segment(sequence: int, fragments: list[tuple[int, int, list[Sample]]])
     except struct.error as exc:
         raise Fmp4Error(f"value out of range in media segment: {exc}") from exc
     parts.append(mdat_header)
+    chunks: list[bytes | memoryview] = [b"".join(parts)]
     for _, _, samples in frags:
-        parts.extend(s.data for s in samples)
-    return b"".join(parts)
+        chunks.extend(s.data for s in samples)
+    return chunks
 
 
 # --------------------------------------------------------------------------- packets to samples

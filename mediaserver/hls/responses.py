@@ -30,6 +30,8 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 # Bodies at least this large are written after their headers rather than joined with them (the join is a copy of
 # the body; a separate write costs one more system call, cheaper than copying this much).
 SEPARATE_HEADERS_FROM = 16 * 1024
+# Bytes queued on a viewer's transport beyond which a body's writer waits for them to leave.
+_DRAIN_ABOVE = 64 * 1024
 
 _PLAYLIST_HEADERS = {
     hdrs.CONTENT_TYPE: PLAYLIST_TYPE,
@@ -98,13 +100,29 @@ class Buffers(Payload):
             if send_headers is not None:
                 send_headers()
         skip = self._sendfile(writer) if self._file is not None else 0
+        rest: list[Buffer] = []
         for chunk in self._chunks:
             if skip >= len(chunk):
                 skip -= len(chunk)
                 continue
             if skip:
                 chunk, skip = memoryview(chunk)[skip:], 0
-            await writer.write(chunk)
+            rest.append(chunk)
+        if not rest:
+            return
+        # The first buffer goes through the writer (held headers leave with it); the others, a part's samples
+        # among them, in one writelines: one system call for all, not one each.
+        await writer.write(rest[0])
+        transport = getattr(writer, "transport", None)
+        if len(rest) == 1:
+            return
+        if transport is None or transport.is_closing():
+            for chunk in rest[1:]:
+                await writer.write(chunk)
+            return
+        transport.writelines(rest[1:])
+        if transport.get_write_buffer_size() > _DRAIN_ABOVE:
+            await writer.drain()
 
     def _sendfile(self, writer: AbstractStreamWriter) -> int:
         """Bytes sent straight from the file; 0 unless everything written before (the headers) has left the

@@ -6,11 +6,12 @@ reconnecting camera continues the same playlist after an `EXT-X-DISCONTINUITY`.
 Parts are cut on video frames once the next frame would overrun the part target, and
 segments on the first keyframe at or past the segment target, so every segment starts
 with an independent part. Each part is a complete `moof`+`mdat`, built the moment it
-closes (the one copy of the media the segmenter makes); a segment is the concatenation of
-its parts and is never joined into a second buffer: it is served as its parts' bytes one
-after the other. Only the newest `memory_segments` complete segments stay in memory (none
-by default); older ones are written out (`spill`) and read back for viewers, so per stream
-the process holds the open segment and the segments viewers are fetching, whatever the window.
+closes as its boxes followed by the packets' own payload buffers: the media bytes of the
+open segment are the ones the hub's GOP cache holds, never a second copy. A segment is the
+concatenation of its parts and is served as their buffers one after the other. Only the
+newest `memory_segments` complete segments stay in memory (none by default); older ones are
+written out (`spill`) and read back for viewers, so per stream the process holds the open
+segment (its boxes; the media is the GOP cache's) and the segments viewers are fetching.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class Part:
     index: int
     duration: float
     independent: bool
-    # The part's moof+mdat while it is held in memory; None once its segment lives in `Segment.spilled`.
-    data: bytes | None
+    # The part's moof+mdat while it is held in memory, as buffers to send one after the other (the boxes, then
+    # the samples' payloads: views of the packets); None once its segment lives in `Segment.spilled`.
+    chunks: list[bytes | memoryview] | None
     # Where it starts inside its segment, and its length.
     offset: int
     size: int
@@ -79,13 +81,27 @@ class Segment:
         stop = self.size if end is None else min(end, self.size)
         out: list[bytes | memoryview] = []
         for part in self.parts:
-            data = part.data
-            assert data is not None
-            first, last = max(start - part.offset, 0), min(stop - part.offset, part.size)
-            if first >= last:
+            if part.offset >= stop or part.offset + part.size <= start:
                 continue
-            out.append(data if first == 0 and last == part.size else memoryview(data)[first:last])
+            assert part.chunks is not None
+            out += slice_chunks(part.chunks, start - part.offset, stop - part.offset)
         return out
+
+
+def slice_chunks(chunks: list[bytes | memoryview], start: int, end: int) -> list[bytes | memoryview]:
+    """Bytes [start, end) of the buffers `chunks` laid end to end, as those buffers or views of them (no copy)."""
+    out: list[bytes | memoryview] = []
+    at = 0
+    for chunk in chunks:
+        size = len(chunk)
+        first, last = max(start - at, 0), min(end - at, size)
+        at += size
+        if first >= last:
+            if at >= end:
+                break
+            continue
+        out.append(chunk if first == 0 and last == size else memoryview(chunk)[first:last])
+    return out
 
 
 @dataclass(slots=True)
@@ -371,14 +387,16 @@ class HlsStream:
                 last_duration = fmp4.ms_to_timescale(max(end_dts - last.dts, 1), timescale)
             base, samples = fmp4.packets_to_samples(packets, timescale, last_duration)
             fragments.append((index + 1, base, samples))
-        data = fmp4.media_segment(self._fragment_sequence, fragments)
+        chunks = fmp4.media_segment_chunks(self._fragment_sequence, fragments)
+        size = sum(map(len, chunks))
         self._fragment_sequence += 1
         independent = bool(self._pending[0]) and self._pending[0][0].keyframe
         duration = max(end_dts - self._part_start, 0) / 1000
         if self._listeners:
+            # Listeners (the recorder) keep fragments beyond the GOP cache's life: they get one buffer of their own.
             fragment = CmafFragment(
                 segment.init_id,
-                data,
+                b"".join(chunks),
                 self._part_start,
                 duration,
                 segment.program_date_time + segment.duration,
@@ -388,8 +406,8 @@ class HlsStream:
             )
             for listener in self._listeners:
                 listener.on_fragment(self.app, self.name, fragment)
-        segment.parts.append(Part(len(segment.parts), duration, independent, data, segment.size, len(data)))
-        segment.size += len(data)
+        segment.parts.append(Part(len(segment.parts), duration, independent, chunks, segment.size, size))
+        segment.size += size
         segment.duration += duration
         self._pending = [[] for _ in self._tracks]
         self._part_start = end_dts
@@ -438,7 +456,7 @@ class HlsStream:
         if spill is None or segment.spilled is not None or segment.spilling:
             return
         segment.spilling = True
-        chunks = [p.data for p in segment.parts if p.data is not None]
+        chunks = [chunk for p in segment.parts if p.chunks is not None for chunk in p.chunks]
 
         def done(spilled: SpilledRange | None) -> None:
             segment.spilling = False
@@ -450,7 +468,7 @@ class HlsStream:
                 return
             segment.spilled = spilled
             for part in segment.parts:
-                part.data = None
+                part.chunks = None
 
         spill.store(chunks, segment.size, done)
 

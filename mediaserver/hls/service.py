@@ -281,8 +281,6 @@ class HlsService:
         if found is None:
             return self._error(404, "not_found", "part not available")
         segment, part = found, found.parts[index]
-        if part.data is not None:
-            return self._media(request, part.data, "part")
         return await self._segment_media(request, stream, segment, part.offset, part.offset + part.size, "part")
 
     async def _wait_part(self, stream: HlsStream, msn: int, index: int) -> Segment | None:

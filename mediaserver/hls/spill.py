@@ -91,10 +91,14 @@ class SpillWriter:
         self._executor.shutdown(wait=True)
 
 
+# The most buffers one pwritev takes (Linux's UIO_MAXIOV): a segment is its parts' boxes and every sample.
+_IOV_MAX = 1024
+
+
 def _write_all(fd: int, chunks: Sequence[Buffer], offset: int) -> None:
     views = [memoryview(c) for c in chunks]
     while views:
-        written = os.pwritev(fd, views, offset)
+        written = os.pwritev(fd, views[:_IOV_MAX], offset)
         offset += written
         while views and written >= len(views[0]):
             written -= len(views[0])

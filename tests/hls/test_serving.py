@@ -196,8 +196,8 @@ async def test_blocked_reloads_wake_together_on_one_render(live: Live) -> None:
     # The part itself, as the segmenter built it.
     segment = hls.find_segment(msn)
     assert segment is not None
-    data = segment.parts[part].data
-    assert data is not None and all(p == data for p in parts)
+    chunks = segment.parts[part].chunks
+    assert chunks is not None and all(p == b"".join(chunks) for p in parts)
 
 
 @pytest.mark.parametrize("spill", [True, False], ids=["spilled", "in-memory"])
@@ -281,10 +281,10 @@ async def test_a_large_body_goes_out_as_its_own_buffers(live: Live) -> None:
     body = Buffers(chunks, segment.size)
     writer = _RecordingWriter()
     await body.write(writer)  # type: ignore[arg-type]
-    # Headers first on their own, then the parts' own buffers: no joined copy of any of them.
+    # Headers first on their own, then the parts' own buffers (boxes and the packets' payloads): no joined copy.
     assert writer.headers_sent_first
-    assert len(writer.written) == len(segment.parts)
-    assert all(w is p.data for w, p in zip(writer.written, segment.parts, strict=True))
+    assert len(writer.written) == len(chunks)
+    assert all(w is c for w, c in zip(writer.written, chunks, strict=True))
 
 
 async def test_a_slow_reader_gets_the_rest_of_a_sendfile_from_memory(packets: list[Packet], tmp_path: Path) -> None:
