@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -36,6 +37,18 @@ WANTED = frozenset(
     }
 )
 
+# Counted by each worker for what it serves: a machine's figure is the sum over its workers. (The recording
+# tiers' figures are the machine's already, in every worker.)
+PER_WORKER = frozenset(
+    {
+        "mediaserver_received_bytes_total",
+        "mediaserver_sent_bytes_total",
+        "mediaserver_hls_sent_bytes_total",
+        "mediaserver_hls_viewers",
+        "mediaserver_webrtc_sessions",
+    }
+)
+
 Sample = tuple[dict[str, str], float]
 
 
@@ -52,6 +65,27 @@ def read_samples(registry: CollectorRegistry | None, names: Iterable[str] = WANT
             if sample.name in wanted:
                 out[sample.name].append((dict(sample.labels), float(sample.value)))
     return out
+
+
+def add_text_samples(out: dict[str, list[Sample]], text: str, names: frozenset[str] = PER_WORKER) -> None:
+    """Add the samples of `names` from another process's text exposition. Only those families' lines are
+    parsed: a worker's whole exposition runs to thousands of lines with a few hundred streams."""
+    families = {name.removesuffix("_total") for name in names}
+    kept = [
+        line
+        for line in text.splitlines()
+        if _family(line.split(" ", 3)[2] if line.startswith("# ") and line.count(" ") >= 2 else line) in families
+    ]
+    for family in text_string_to_metric_families("\n".join(kept) + "\n"):
+        for sample in family.samples:
+            if sample.name in names:
+                out[sample.name].append((dict(sample.labels), float(sample.value)))
+
+
+def _family(line: str) -> str:
+    """The family a sample line belongs to (a counter's samples end in `_total`)."""
+    name = line.split("{", 1)[0].split(" ", 1)[0]
+    return name.removesuffix("_total")
 
 
 def total(samples: list[Sample], **match: str) -> float:
@@ -83,6 +117,8 @@ class LiveFigures:
         self._open_alerts = open_alerts
         self._last_bytes: tuple[float, float, float] | None = None  # (monotonic time, in, out)
         self.latest: Figures | None = None
+        # The other workers' /metrics texts, when this process is one worker of several.
+        self.remote_metrics: Callable[[], Awaitable[list[str]]] | None = None
 
     async def compute(self) -> Figures:
         async with self._store.reader() as session:
@@ -103,10 +139,15 @@ class LiveFigures:
             elif status != "online":
                 enabled_offline += count
         samples = read_samples(self._registry)
+        if self.remote_metrics is not None:
+            for text in await self.remote_metrics():
+                add_text_samples(samples, text)
         streams = self._hub.live_streams()
         by_protocol: dict[str, int] = defaultdict(int)
         viewers: dict[str, int] = defaultdict(int)
-        hls_viewers = {labels.get("stream", ""): int(v) for labels, v in samples["mediaserver_hls_viewers"]}
+        hls_viewers: dict[str, int] = defaultdict(int)
+        for labels, value in samples["mediaserver_hls_viewers"]:
+            hls_viewers[labels.get("stream", "")] += int(value)
         cameras_live: dict[str, dict[str, Any]] = {}
         for stream in streams:
             by_protocol[stream.publisher.protocol] += 1

@@ -221,6 +221,9 @@ class MediaServer:
             self.hub, self.registry, self.link, cluster.http_mode, config.api.publish_app, self.metrics.registry
         )
         self.http_app.middlewares.append(self.gateway.middleware)
+        if self.link is not None and self.control is not None:
+            # The dashboard's viewers and bandwidth are the machine's: every worker serves some of them.
+            self.control.figures.remote_metrics = self.gateway.other_workers_metrics
         if self.link is not None and self.control is not None and not config.redis.url:
             self.control.attach_machine_relay(MachineRelay(self.control.events, self.link))
 

@@ -188,14 +188,22 @@ class WorkerGateway:
                 status=502,
             )
 
-    async def _gather(self, path: str, request: web.Request) -> dict[int, bytes]:
+    async def other_workers_metrics(self) -> list[str]:
+        """Every other worker's own `/metrics` text (for the machine's dashboard figures; those that do not
+        answer are left out)."""
+        if self.link is None:
+            return []
+        gathered = await self._gather("/metrics?local=1", None)
+        return [body.decode() for _, body in sorted(gathered.items())]
+
+    async def _gather(self, path: str, request: web.Request | None) -> dict[int, bytes]:
         """`path` from every other worker, asked with the caller's credentials (those that do not answer are
         left out, and logged)."""
         assert self.link is not None
         others = self.link.others()
         headers = {FORWARDED_HEADER: "1"}
         for name in ("Authorization", "Cookie"):
-            if name in request.headers:
+            if request is not None and name in request.headers:
                 headers[name] = request.headers[name]
 
         async def one(worker: WorkerAddress) -> bytes | None:

@@ -4,6 +4,7 @@ cluster tokens, the merging of workers' figures, the routing of stream paths, co
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.workers_scale import lag_p99_ms
+from control.figures import add_text_samples
 from mediaserver.cluster import tokens
 from mediaserver.cluster.coordinator import Coordinator
 from mediaserver.cluster.gateway import _merge, merge_metrics, stream_of
@@ -191,3 +193,22 @@ def test_lag_percentile_from_histogram_growth() -> None:
              f'{name}{{le="0.05",worker="1"}}': 50.0, f'{name}{{le="+Inf",worker="1"}}': 50.0}  # fmt: skip
     # worker 0: 100 new samples, 90 under 10 ms, 99 under 50 ms; worker 1: all under 10 ms.
     assert lag_p99_ms(before, after) == 50.0
+
+
+def test_figures_take_the_other_workers_per_worker_samples() -> None:
+    """Another worker's exposition adds its viewers and byte counters; its other families are not parsed."""
+    registry = CollectorRegistry()
+    viewers = Gauge("mediaserver_hls_viewers", "Distinct recent HLS clients", ["stream"], registry=registry)
+    viewers.labels("live/a").set(3)
+    sent = Counter("mediaserver_sent_bytes", "Bytes sent", registry=registry)
+    sent.inc(1000)
+    tiers = Gauge("mediaserver_recording_tier_bytes", "Bytes per tier", ["tier"], registry=registry)
+    tiers.labels("hot").set(5)
+    samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    samples["mediaserver_hls_viewers"].append(({"stream": "live/a"}, 1.0))
+    add_text_samples(samples, generate_latest(registry).decode())
+    assert samples["mediaserver_hls_viewers"] == [({"stream": "live/a"}, 1.0), ({"stream": "live/a"}, 3.0)]
+    assert samples["mediaserver_sent_bytes_total"] == [({}, 1000.0)]
+    # The tiers are the machine's in every worker: adding them would count them twice.
+    assert "mediaserver_recording_tier_bytes" not in samples
+    assert "mediaserver_sent_bytes_created" not in samples

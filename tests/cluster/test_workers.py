@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,7 +144,9 @@ def _bytes_in(server: ServerProcess, name: str) -> int:
 
 
 def test_a_camera_is_managed_from_any_worker(tmp_path: Path) -> None:
-    server = start_workers(tmp_path, 2, {"MEDIASERVER_AUTH_PUBLISH_MODE": "database"})
+    server = start_workers(
+        tmp_path, 2, {"MEDIASERVER_AUTH_PUBLISH_MODE": "database", "MEDIASERVER_EVENTS_DASHBOARD_INTERVAL": "0.5"}
+    )
     publisher = None
     try:
         token = server.admin_token()
@@ -165,6 +168,17 @@ def test_a_camera_is_managed_from_any_worker(tmp_path: Path) -> None:
             assert row["live"] and row["bitrate_bps"] > 0, row
             status, system = api_call(server, "GET", "/system", token)
             assert system["live_streams"] == 1, system
+        # An HLS viewer (served by the holder, whichever worker the request reached) is on both workers'
+        # dashboards: their figures are the machine's.
+        status, playback = api_call(server, "GET", f"/streaming/hls/{camera_id}", token)
+        assert status == 200, playback
+        path = urllib.parse.urlsplit(playback["url"])
+        with urllib.request.urlopen(server.http_url(f"{path.path}?{path.query}"), timeout=20) as answer:
+            assert answer.status == 200
+        for worker in (0, 1):
+            figures = asyncio.run(_dashboard_through(server, worker, token, camera_id))
+            assert figures["viewers"]["by_protocol"].get("hls") == 1, (worker, figures)
+            assert figures["cameras_live"][camera_id]["viewers"] == 1, (worker, figures)
         request = urllib.request.Request(
             server.http_url(f"/api/v1/cameras/{camera_id}/snapshot.jpg"), headers={"Authorization": f"Bearer {token}"}
         )
@@ -180,6 +194,22 @@ def test_a_camera_is_managed_from_any_worker(tmp_path: Path) -> None:
             publisher.kill()
             publisher.wait()
         server.stop()
+
+
+async def _dashboard_through(server: ServerProcess, worker: int, token: str, camera_id: str) -> Any:
+    """The dashboard figures one worker answers with, once they count the camera's HLS viewer (or after 10 s)."""
+    connector = aiohttp.UnixConnector(path=str(server.data_dir / "run" / f"http-{worker}.sock"))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.monotonic() + 10
+        while True:
+            async with session.get(
+                "http://worker/api/v1/analytics/dashboard", headers={"Authorization": f"Bearer {token}"}
+            ) as answer:
+                assert answer.status == 200, await answer.text()
+                figures = await answer.json()
+            if figures["viewers"]["by_protocol"].get("hls") or time.monotonic() > deadline:
+                return figures
+            await asyncio.sleep(0.5)
 
 
 async def _bulk_disable_through(server: ServerProcess, worker: int, token: str, camera_id: str) -> tuple[int, Any]:
