@@ -205,6 +205,7 @@ class ControlPlane:
             RedisRelay(self.events, config.redis.url, config.redis.key_prefix, registry) if config.redis.url else None
         )
         self.services.events = self.live.events = self.pulled.events = self.recording_index.events = self.events
+        self.events.subscribe(self.pulled.on_event)
         self.stream_events = StreamEvents(self.events, config.api.publish_app)
         self.alerts = AlertEngine(
             config.alerts,

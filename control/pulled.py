@@ -1,7 +1,8 @@
 """Cameras that serve their stream: the data plane pulls each enabled camera with a `source_url`, as stream
 `<publish_app>/<camera id>`, and stops when the camera is disabled, deleted or its URL cleared.
 
-The API calls `changed()` after any camera change; one worker then compares the database with what is pulled
+The API calls `changed()` after any camera change (and a change made through another worker or node, heard as
+its event, does the same); one worker then compares the database with what is pulled
 and starts, restarts (a new URL) or stops sources, so concurrent changes apply in order and none is lost. The
 same worker marks a camera `error` (audited once) while its source fails; going live makes it `online` again
 (the stream's own events, `control.live`).
@@ -15,11 +16,13 @@ from typing import Protocol
 from sqlalchemy import select, update
 
 from control.audit import SYSTEM, Audit
-from control.events import EventBus, EventName
+from control.events import Event, EventBus, EventName
 from control.ordered import OrderedWorker
 from control.store import Camera, Store
 
 log = logging.getLogger("control.pulled")
+
+_CAMERA_CHANGES = frozenset({EventName.CAMERA_UPDATED.value, EventName.CAMERA_DELETED.value})
 
 
 class SourceState(Protocol):
@@ -61,6 +64,11 @@ class PulledCameras:
         if self.pull is not None and not self._sync_queued:
             self._sync_queued = True
             self._worker.put(None)
+
+    def on_event(self, event: Event) -> None:
+        """A camera changed through another worker or node: its sources may be this worker's to read."""
+        if event.name in _CAMERA_CHANGES and self.events is not None and event.origin != self.events.node_id:
+            self.changed()
 
     async def idle(self) -> None:
         await self._worker.drained()

@@ -218,7 +218,13 @@ class MediaServer:
             self.metrics.registry,
         )
         self.gateway = WorkerGateway(
-            self.hub, self.registry, self.link, cluster.http_mode, config.api.publish_app, self.metrics.registry
+            self.hub,
+            self.registry,
+            self.link,
+            cluster.http_mode,
+            config.api.publish_app,
+            self.metrics.registry,
+            self.pull.reader,
         )
         self.http_app.middlewares.append(self.gateway.middleware)
         if self.link is not None and self.control is not None:

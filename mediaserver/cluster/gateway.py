@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -99,8 +100,11 @@ class WorkerGateway:
         http_mode: str,
         camera_app: str = "live",
         metrics: CollectorRegistry | None = None,
+        pull_reader: Callable[[str, str], int | None] | None = None,
     ) -> None:
         self.hub = hub
+        # Which other worker reads an always-on pulled source (its state lives there while it is not live).
+        self.pull_reader = pull_reader
         self.camera_app = camera_app
         self.registry = registry
         self.link = link
@@ -148,6 +152,8 @@ class WorkerGateway:
             local = self.hub.get(app, name)
             if local is None or local.is_copy:
                 worker = self.registry.local_owner(f"{app}/{name}")
+                if worker is None and local is None:
+                    worker = self._pull_worker(app, name)
                 if worker is not None:
                     return await self._forward(request, worker)
                 if local is None and self.http_mode == "redirect" and path.split("/", 2)[1] in ("hls", "whep"):
@@ -157,6 +163,12 @@ class WorkerGateway:
                         raise web.HTTPTemporaryRedirect(location.http_url.rstrip("/") + request.path_qs)
         response = await handler(request)
         return response
+
+    def _pull_worker(self, app: str, name: str) -> WorkerAddress | None:
+        if self.link is None or self.pull_reader is None:
+            return None
+        index = self.pull_reader(app, name)
+        return self.link.workers.get(index) if index is not None else None
 
     async def _forward(self, request: web.Request, worker: WorkerAddress) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}

@@ -77,6 +77,16 @@ class PullService:
         index, count = self.shard
         return count <= 1 or zlib.crc32(source.key.encode()) % count == index
 
+    def reader(self, app: str, name: str) -> int | None:
+        """The other worker of this machine that reads the always-on source `app/name` (None: this one, or no
+        such source), so that requests about it while it is not live reach the worker that knows its state."""
+        source = self.get(app, name)
+        index, count = self.shard
+        if source is None or count <= 1 or self.on_demand(source):
+            return None
+        worker = zlib.crc32(source.key.encode()) % count
+        return worker if worker != index else None
+
     def on_demand(self, source: PullSource) -> bool:
         return any(fnmatch.fnmatchcase(source.key, pattern) for pattern in self._on_demand)
 

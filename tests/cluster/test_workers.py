@@ -196,20 +196,48 @@ def test_a_camera_is_managed_from_any_worker(tmp_path: Path) -> None:
         server.stop()
 
 
+async def _get_through(server: ServerProcess, worker: int, token: str, path: str) -> Any:
+    """GET an API path from one worker's own socket (so the path is certain)."""
+    connector = aiohttp.UnixConnector(path=str(server.data_dir / "run" / f"http-{worker}.sock"))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"http://worker/api/v1{path}", headers={"Authorization": f"Bearer {token}"}) as answer,
+    ):
+        assert answer.status == 200, await answer.text()
+        return await answer.json()
+
+
 async def _dashboard_through(server: ServerProcess, worker: int, token: str, camera_id: str) -> Any:
     """The dashboard figures one worker answers with, once they count the camera's HLS viewer (or after 10 s)."""
-    connector = aiohttp.UnixConnector(path=str(server.data_dir / "run" / f"http-{worker}.sock"))
-    async with aiohttp.ClientSession(connector=connector) as session:
-        deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10
+    while True:
+        figures = await _get_through(server, worker, token, "/analytics/dashboard")
+        if figures["viewers"]["by_protocol"].get("hls") or time.monotonic() > deadline:
+            return figures
+        await asyncio.sleep(0.5)
+
+
+def test_a_pulled_cameras_state_is_the_same_from_every_worker(tmp_path: Path) -> None:
+    """An always-on pulled camera is read by one worker; while it is not live, its status asked of the other
+    worker is the reader's (not "elsewhere")."""
+    server = start_workers(tmp_path, 2, {})
+    try:
+        token = server.admin_token()
+        # Nothing listens there: the reader keeps trying, and says so.
+        status, camera = api_call(
+            server, "POST", "/cameras", token, {"name": "Gate", "source_url": "rtsp://127.0.0.1:9/x"}
+        )
+        assert status == 201, camera
+        path = f"/cameras/{camera['id']}/status"
+        deadline = time.monotonic() + 15
         while True:
-            async with session.get(
-                "http://worker/api/v1/analytics/dashboard", headers={"Authorization": f"Bearer {token}"}
-            ) as answer:
-                assert answer.status == 200, await answer.text()
-                figures = await answer.json()
-            if figures["viewers"]["by_protocol"].get("hls") or time.monotonic() > deadline:
-                return figures
-            await asyncio.sleep(0.5)
+            states = [asyncio.run(_get_through(server, worker, token, path))["source_state"] for worker in (0, 1)]
+            if (states[0] == states[1] and states[0] not in (None, "connecting")) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "elsewhere" not in states and states[0] == states[1], states
+    finally:
+        server.stop()
 
 
 async def _bulk_disable_through(server: ServerProcess, worker: int, token: str, camera_id: str) -> tuple[int, Any]:
