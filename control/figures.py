@@ -71,11 +71,7 @@ def add_text_samples(out: dict[str, list[Sample]], text: str, names: frozenset[s
     """Add the samples of `names` from another process's text exposition. Only those families' lines are
     parsed: a worker's whole exposition runs to thousands of lines with a few hundred streams."""
     families = {name.removesuffix("_total") for name in names}
-    kept = [
-        line
-        for line in text.splitlines()
-        if _family(line.split(" ", 3)[2] if line.startswith("# ") and line.count(" ") >= 2 else line) in families
-    ]
+    kept = [line for line in text.splitlines() if _family(line) in families]
     for family in text_string_to_metric_families("\n".join(kept) + "\n"):
         for sample in family.samples:
             if sample.name in names:
@@ -83,8 +79,13 @@ def add_text_samples(out: dict[str, list[Sample]], text: str, names: frozenset[s
 
 
 def _family(line: str) -> str:
-    """The family a sample line belongs to (a counter's samples end in `_total`)."""
-    name = line.split("{", 1)[0].split(" ", 1)[0]
+    """The family a line of the exposition is about: `# HELP name ...` and `# TYPE name ...` name it, a sample
+    line starts with its sample's name (a counter's end in `_total`)."""
+    if line.startswith("# "):
+        words = line.split(" ", 3)
+        name = words[2] if len(words) > 2 else ""
+    else:
+        name = line.split("{", 1)[0].split(" ", 1)[0]
     return name.removesuffix("_total")
 
 

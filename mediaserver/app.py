@@ -230,8 +230,8 @@ class MediaServer:
         if self.link is not None and self.control is not None:
             # The dashboard's viewers and bandwidth are the machine's: every worker serves some of them.
             self.control.figures.remote_metrics = self.gateway.other_workers_metrics
-        if self.link is not None and self.control is not None and not config.redis.url:
-            self.control.attach_machine_relay(MachineRelay(self.control.events, self.link))
+            if not config.redis.url:
+                self.control.attach_machine_relay(MachineRelay(self.control.events, self.link))
 
     async def start(self) -> None:
         Path(self.config.server.data_dir).mkdir(parents=True, exist_ok=True)

@@ -113,9 +113,9 @@ class Buffers(Payload):
         # The first buffer goes through the writer (held headers leave with it); the others, a part's samples
         # among them, in one writelines: one system call for all, not one each.
         await writer.write(rest[0])
-        transport = getattr(writer, "transport", None)
         if len(rest) == 1:
             return
+        transport = getattr(writer, "transport", None)
         if transport is None or transport.is_closing():
             for chunk in rest[1:]:
                 await writer.write(chunk)

@@ -72,20 +72,22 @@ class PullService:
                 raise ConfigError(str(exc)) from exc
         registry.register(_PullCollector(self))
 
-    def mine(self, source: PullSource) -> bool:
-        """Whether this worker reads the always-on `source` (a stable hash of its key picks the worker)."""
+    def _reading_worker(self, source: PullSource) -> int:
+        """The worker that reads the always-on `source`: a stable hash of its key picks it."""
         index, count = self.shard
-        return count <= 1 or zlib.crc32(source.key.encode()) % count == index
+        return index if count <= 1 else zlib.crc32(source.key.encode()) % count
+
+    def mine(self, source: PullSource) -> bool:
+        """Whether this worker reads the always-on `source`."""
+        return self._reading_worker(source) == self.shard[0]
 
     def reader(self, app: str, name: str) -> int | None:
         """The other worker of this machine that reads the always-on source `app/name` (None: this one, or no
         such source), so that requests about it while it is not live reach the worker that knows its state."""
         source = self.get(app, name)
-        index, count = self.shard
-        if source is None or count <= 1 or self.on_demand(source):
+        if source is None or self.on_demand(source) or self.mine(source):
             return None
-        worker = zlib.crc32(source.key.encode()) % count
-        return worker if worker != index else None
+        return self._reading_worker(source)
 
     def on_demand(self, source: PullSource) -> bool:
         return any(fnmatch.fnmatchcase(source.key, pattern) for pattern in self._on_demand)
