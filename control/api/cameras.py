@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control.api.base import RouteTable, not_found, path_camera_id, send
+from control.api.paging import read_page
 from control.api.schemas import (
     BulkCreate,
     BulkRequest,
@@ -144,18 +145,16 @@ async def list_cameras(request: web.Request) -> web.StreamResponse:
     if q.enabled is not None:
         conditions.append(Camera.enabled.is_(q.enabled))
     if q.q:
-        conditions.append(func.lower(Camera.name).contains(q.q.lower(), autoescape=True))
+        conditions.append(Camera.name_key.contains(q.q.lower(), autoescape=True))
     async with svc.store.reader() as session:
-        # Two statements: a window count (the total with the page) makes SQLite sort and keep every row, 3x the
-        # cost of the page and a count together.
-        total = int(await session.scalar(select(func.count()).select_from(Camera).where(*conditions)) or 0)
         # Plain rows, not ORM objects: a page is read-only and this is the busiest listing.
-        rows = await session.execute(
-            select(*Camera.__table__.columns)
-            .where(*conditions)
-            .order_by(func.lower(Camera.name), Camera.id)
-            .limit(q.limit)
-            .offset(q.offset)
+        rows, total = await read_page(
+            session,
+            select(*Camera.__table__.columns).order_by(Camera.name_key, Camera.id),
+            Camera.__table__,
+            conditions,
+            q.limit,
+            q.offset,
         )
         with_key = principal(request).can(WRITE)
         items = [camera_view(svc, c, request, with_key) for c in rows]

@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, or_, select
 
 from control.api.base import ApiError, RouteTable, path_camera_id, path_int, send
+from control.api.paging import read_page
 from control.api.recording_schemas import (
     CoverageOut,
     RangeQuery,
@@ -93,16 +94,16 @@ async def list_recordings(request: web.Request) -> web.StreamResponse:
     if end is not None:
         conditions.append(Recording.started_at < _utc(end))
     async with svc.store.reader() as session:
-        total = await session.scalar(select(func.count()).select_from(Recording).where(*conditions))
-        rows = await session.scalars(
-            select(Recording)
-            .where(*conditions)
-            .order_by(Recording.started_at, Recording.id)
-            .limit(q.limit)
-            .offset(q.offset)
+        rows, total = await read_page(
+            session,
+            select(Recording).order_by(Recording.started_at, Recording.id),
+            Recording.__table__,
+            conditions,
+            q.limit,
+            q.offset,
         )
-        items = [recording_view(row) for row in rows]
-    return send(RecordingList(items=items, total=int(total or 0), limit=q.limit, offset=q.offset))
+        items = [recording_view(row[0]) for row in rows]
+    return send(RecordingList(items=items, total=total, limit=q.limit, offset=q.offset))
 
 
 @routes.route(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from control.api.authcache import auth_changed
 from control.api.base import ApiError, RouteTable, not_found, path_int, send
+from control.api.paging import read_page
 from control.api.schemas import TokenCreate, TokenCreated, TokenList, TokenOut, TokenQuery
 from control.api.validated import body, query
 from control.rbac import Permission, permissions_for
@@ -110,12 +111,11 @@ async def list_tokens(request: web.Request) -> web.StreamResponse:
             raise ApiError(403, "forbidden", "you can only list your own tokens")
         conditions.append(ApiToken.user_id == who.user_id)
     async with svc.store.reader() as session:
-        total = await session.scalar(select(func.count()).select_from(ApiToken).where(*conditions))
-        rows = await session.scalars(
-            select(ApiToken).where(*conditions).order_by(ApiToken.id).limit(q.limit).offset(q.offset)
+        rows, total = await read_page(
+            session, select(ApiToken).order_by(ApiToken.id), ApiToken.__table__, conditions, q.limit, q.offset
         )
-        items = [token_view(t) for t in rows]
-    return send(TokenList(items=items, total=int(total or 0), limit=q.limit, offset=q.offset))
+        items = [token_view(row[0]) for row in rows]
+    return send(TokenList(items=items, total=total, limit=q.limit, offset=q.offset))
 
 
 @routes.route(

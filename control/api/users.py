@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control.api.auth import revoke_user_sessions
 from control.api.authcache import auth_changed
 from control.api.base import ApiError, RouteTable, not_found, path_int, send
+from control.api.paging import read_page
 from control.api.schemas import UserCreate, UserList, UserOut, UserQuery, UserUpdate
 from control.api.validated import body, query
 from control.rbac import Permission, Role
@@ -76,10 +77,11 @@ async def list_users(request: web.Request) -> web.StreamResponse:
     if q.q:
         conditions.append(User.username.contains(q.q.lower(), autoescape=True))
     async with svc.store.reader() as session:
-        total = await session.scalar(select(func.count()).select_from(User).where(*conditions))
-        rows = await session.scalars(select(User).where(*conditions).order_by(User.id).limit(q.limit).offset(q.offset))
-        items = [UserOut.model_validate(u) for u in rows]
-    return send(UserList(items=items, total=int(total or 0), limit=q.limit, offset=q.offset))
+        rows, total = await read_page(
+            session, select(User).order_by(User.id), User.__table__, conditions, q.limit, q.offset
+        )
+        items = [UserOut.model_validate(row[0]) for row in rows]
+    return send(UserList(items=items, total=total, limit=q.limit, offset=q.offset))
 
 
 @routes.route(

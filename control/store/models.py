@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, MetaData, String
+from sqlalchemy import JSON, BigInteger, Boolean, Computed, Float, ForeignKey, Index, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from control.store.types import BigIntPK, UtcDateTime, utcnow
@@ -46,11 +46,15 @@ class Camera(Base):
     __table_args__ = (
         Index("ix_cameras_status", "status"),
         Index("ix_cameras_name", "name"),
+        Index("ix_cameras_name_key_id", "name_key", "id"),
         MYSQL_TABLE,
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
+    # The listing's sort key, kept by the database (a virtual column, indexed): pages come off the index in
+    # order instead of every row being sorted by lower(name) for each page.
+    name_key: Mapped[str] = mapped_column(String(128), Computed("lower(name)", persisted=False))
     # The seed schema's owner of the camera (the integrator's customer); `vendor` is the manufacturer.
     company: Mapped[str] = mapped_column(String(128), default="", server_default="")
     vendor: Mapped[str] = mapped_column(String(128), default="")

@@ -77,6 +77,13 @@ async def test_filters_and_pages(api: Api, admin: str) -> None:
     assert page["total"] == 10 and [c["name"] for c in page["items"]] == names[:3]
     status, page = await api.call("GET", "/cameras", admin, params={"limit": 3, "offset": 9})
     assert [c["name"] for c in page["items"]] == ["Roof"]
+    status, page = await api.call("GET", "/cameras", admin, params={"limit": 3, "offset": 12})
+    assert status == 200 and page["items"] == [] and page["total"] == 10  # past the end: the total still counts
+    # The sort key follows a rename (the database keeps it).
+    await api.call("PUT", f"/cameras/{ids['Roof']}", admin, json={"name": "attic"})
+    status, page = await api.call("GET", "/cameras", admin, params={"limit": 1})
+    assert [c["name"] for c in page["items"]] == ["attic"]
+    await api.call("PUT", f"/cameras/{ids['Roof']}", admin, json={"name": "Roof"})
     status, page = await api.call("GET", "/cameras", admin, params={"q": "PARKING"})
     assert page["total"] == 2
     status, page = await api.call("GET", "/cameras", admin, params={"q": "%"})
