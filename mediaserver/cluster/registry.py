@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mediaserver.cluster.link import MachineLink, WorkerAddress
-from mediaserver.cluster.redis_registry import RedisRegistry
+from mediaserver.cluster.redis_registry import STREAM, RedisRegistry
 from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.hub import Hub, Stream
 
@@ -39,6 +39,16 @@ class StreamRegistry:
         self.link = link
         self.nodes = nodes
         self._tasks: set[asyncio.Task[None]] = set()
+        if nodes is not None:
+            nodes.on_lost.append(self._on_key_lost)
+
+    def _on_key_lost(self, kind: str, key: str) -> None:
+        """Another node holds a stream published here too (both took it while Redis was away): theirs stays."""
+        stream = self.hub.streams.get(key)
+        if kind != STREAM or stream is None or stream.is_copy:
+            return
+        log.warning("event=publish_refused_elsewhere stream=%s peer=%s holder=another_node", key, stream.publisher.peer)
+        self.hub.kick(stream.app, stream.name, "stream_taken")
 
     def start(self) -> None:
         self.hub.listen(self.on_hub_event)

@@ -4,7 +4,11 @@ often they reconnected, how many packets they brought.
 
 Sources matching `[pull] on_demand` are pulled only while someone watches: the hub asks `demand` when a player
 wants a stream that is not live (the player waits for the first frames), and a source nobody has asked for in
-`on_demand_idle` seconds, and that no RTMP or WebRTC player still reads, is stopped (state `idle`)."""
+`on_demand_idle` seconds, and that no RTMP or WebRTC player still reads, is stopped (state `idle`).
+
+With several nodes, an always-on source is read by the node that holds its lease (`SourceLeases`, in Redis):
+the others leave it alone (state `elsewhere`) and try again every `retry` seconds, so a camera is read once
+and another node takes it over within the lease's TTL of its reader's death."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import logging
 import time
 import zlib
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -27,7 +32,7 @@ from mediaserver.pull.source import PullSettings, PullSource
 
 log = logging.getLogger("mediaserver.pull")
 
-STATES = ("connecting", "online", "offline", "error", "idle")
+STATES = ("connecting", "online", "offline", "error", "idle", "elsewhere")
 
 
 def parse_source(entry: str) -> tuple[str, str, str]:
@@ -37,6 +42,15 @@ def parse_source(entry: str) -> tuple[str, str, str]:
     if not sep or not slash or not app or not name or "/" in name or not url.strip():
         raise ConfigError("pull.sources entries look like 'live/door=rtsp://camera/stream'")
     return app, name, url.strip()
+
+
+class SourceLeases(Protocol):
+    """Which node reads each always-on source, among nodes that all know of it."""
+
+    async def take(self, key: str) -> str | None:
+        """None when this node may read `key` (it holds the lease now); else the node that does."""
+
+    async def give_back(self, key: str) -> None: ...
 
 
 class PullService:
@@ -62,6 +76,10 @@ class PullService:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._started_at: dict[str, float] = {}
         self._idle_check = BackgroundTask.every(1.0, self._stop_idle, "pull_idle")
+        self.leases: SourceLeases | None = None
+        self._lease_retry = 1.0
+        self._lease_check = BackgroundTask(self._take_free_leases)
+        self._lease_tasks: set[asyncio.Task[None]] = set()
         hub.listen(self._on_hub_event)
         hub.add_demand(self.demand)
         for entry in config.sources:
@@ -92,26 +110,79 @@ class PullService:
     def on_demand(self, source: PullSource) -> bool:
         return any(fnmatch.fnmatchcase(source.key, pattern) for pattern in self._on_demand)
 
+    def share_with_nodes(self, leases: SourceLeases, retry: float) -> None:
+        """Read an always-on source only while this node holds its lease; look for free ones every `retry` s."""
+        self.leases = leases
+        self._lease_retry = retry
+
     def start(self) -> None:
         self._running = True
         for source in self.sources:
             self._launch(source)
         if self._on_demand:
             self._idle_check.start()
+        if self.leases is not None:
+            self._lease_check.start()
 
     async def stop(self) -> None:
         self._running = False
         await self._idle_check.stop()
+        await self._lease_check.stop()
         for source in self.sources:
+            await self._stop_source(source)
+
+    def _leased(self, source: PullSource) -> bool:
+        """Whether `source` is read only with a lease: always-on, read by this worker, several nodes."""
+        return self.leases is not None and not self.on_demand(source) and self.mine(source)
+
+    async def _stop_source(self, source: PullSource) -> None:
+        was_running = source.running
+        await source.stop()
+        if self.leases is not None and was_running and self._leased(source):
+            await self.leases.give_back(source.key)
+
+    async def _take_free_leases(self) -> None:
+        """Start each leased source that is not running once its lease is this node's."""
+        while True:
+            for source in list(self.sources):
+                if not self._running or source.running or not self._leased(source) or self.leases is None:
+                    continue
+                holder = await self.leases.take(source.key)
+                if source not in self.sources or source.running or not self._running:
+                    continue
+                if holder is None:
+                    log.info("event=pull_lease_taken stream=%s url=%s", source.key, source.shown)
+                    source.start()
+                elif source.state != "elsewhere":
+                    log.info("event=pull_elsewhere stream=%s node=%s", source.key, holder)
+                    source.state = "elsewhere"
+            await asyncio.sleep(self._lease_retry)
+
+    def lease_lost(self, key: str) -> None:
+        """Another node reads `key` now (both took its lease while Redis was away): stop reading it here."""
+        app, _, name = key.partition("/")
+        source = self.get(app, name)
+        if source is None or not source.running:
+            return
+        log.warning("event=pull_lease_lost stream=%s", key)
+
+        async def stop() -> None:
             await source.stop()
+            source.state = "elsewhere"
+
+        task = asyncio.get_running_loop().create_task(stop())
+        self._lease_tasks.add(task)
+        task.add_done_callback(self._lease_tasks.discard)
 
     def _launch(self, source: PullSource) -> None:
         """Start an always-on source; an on-demand one waits for its first player."""
         if self.on_demand(source):
             source.state = "idle"
             return
-        if not self.mine(source):
-            source.state = "elsewhere"  # another worker of this machine reads it
+        if not self.mine(source) or self.leases is not None:
+            # Another worker of this machine reads it, or the node that holds its lease does (maybe this one,
+            # once `_take_free_leases` has its lease).
+            source.state = "elsewhere"
             return
         source.start()
 
@@ -172,7 +243,7 @@ class PullService:
             return
         if current is not None:
             self.sources.remove(current)
-            await current.stop()
+            await self._stop_source(current)
         if url is not None:
             source = PullSource(self.hub, app, name, url, self.settings)
             self.sources.append(source)
@@ -186,7 +257,10 @@ class _PullCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         states = GaugeMetricFamily(
-            "mediaserver_pull_sources", "Pulled sources by state (connecting, online, offline, error)", labels=["state"]
+            "mediaserver_pull_sources",
+            "Pulled sources by state (connecting, online, offline, error, idle; elsewhere: another worker or node "
+            "reads it)",
+            labels=["state"],
         )
         for state in STATES:
             states.add_metric([state], sum(1 for s in self._service.sources if s.state == state))

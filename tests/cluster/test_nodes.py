@@ -1,7 +1,9 @@
 """Several nodes on loopback sharing a real Redis (the stream registry) and the real MariaDB: a stream
 published on node A plays from node B over RTMP, HLS and WHEP (B pulls an edge copy from A); a node set to
 redirect sends HLS players to A; when A dies its registry entry is gone within the TTL and the camera's
-reconnect to B is served again; Redis going away and coming back heals the registry."""
+reconnect to B is served again; Redis going away and coming back heals the registry. A pulled camera that
+every node knows of is read by one node only (its lease), played from the others, and taken over when its
+reader dies."""
 
 from __future__ import annotations
 
@@ -59,8 +61,8 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
 
-    def entry(self, key: str) -> str | None:
-        value = redis.Redis(port=self.port).get(f"test:stream:{key}")
+    def entry(self, key: str, kind: str = "stream") -> str | None:
+        value = redis.Redis(port=self.port).get(f"test:{kind}:{key}")
         return value.decode() if value is not None else None
 
 
@@ -180,3 +182,48 @@ async def _whep_frames(server: ServerProcess) -> int:
         return len(received.video)
     finally:
         await pc.close()
+
+
+def test_a_pulled_camera_is_read_by_one_node_and_taken_over_when_it_dies(
+    tmp_path: Path, redis_server: RedisServer, database: str
+) -> None:
+    # The "camera": a lone server with a live stream, pulled over RTMP by both nodes' configuration.
+    (tmp_path / "camera").mkdir()
+    camera = start_server(tmp_path / "camera")
+    publisher = ffmpeg_publish(camera.rtmp_url("live/src"), 120, gop=25)
+    pull = {
+        "MEDIASERVER_PULL_SOURCES": f"live/door={camera.rtmp_url('live/src')}",
+        "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true",
+        "MEDIASERVER_PULL_RECONNECT_MIN": "0.5",
+    }
+    nodes: list[ServerProcess] = []
+    try:
+        wait_for_stream(camera, "live", "src", timeout=15)
+        nodes = [start_node(tmp_path, "a", redis_server.url, database, **pull),
+                 start_node(tmp_path, "b", redis_server.url, database, **pull)]  # fmt: skip
+        _wait(lambda: any(_listed(node, "door") for node in nodes), 20)
+        reader, other = nodes if _listed(nodes[0], "door") else nodes[::-1]
+        reader_name, other_name = ("a", "b") if reader is nodes[0] else ("b", "a")
+        assert f'"node": "{reader_name}"' in (redis_server.entry("live/door", "pull") or "")
+
+        # The other node never opened the camera: it leaves it to the lease holder, and plays it from there.
+        time.sleep(2.5)  # a few lease retries
+        assert metric(other, "mediaserver_pull_sessions_total") == 0
+        assert metric(other, "mediaserver_pull_sources", state="elsewhere") == 1
+        assert metric(reader, "mediaserver_pull_sessions_total") == 1
+        assert ffprobe_codecs(other.rtmp_url("live/door")) == ["h264", "aac"]
+
+        # The reader dies: its lease expires within the TTL and the other node reads the camera.
+        os.kill(reader.process.pid, signal.SIGKILL)
+        reader.process.wait()
+        _wait(lambda: _listed(other, "door"), TTL + 10)
+        assert f'"node": "{other_name}"' in (redis_server.entry("live/door", "pull") or "")
+        assert metric(other, "mediaserver_pull_sessions_total") == 1
+        assert ffprobe_codecs(other.rtmp_url("live/door")) == ["h264", "aac"]
+    finally:
+        publisher.kill()
+        publisher.wait()
+        for node in nodes:
+            node.stop()
+        camera.stop()
+    assert "Traceback" not in other.log(), other.log()[-5000:]

@@ -4,6 +4,7 @@ cluster tokens, the merging of workers' figures, the routing of stream paths, co
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -212,3 +213,40 @@ def test_figures_take_the_other_workers_per_worker_samples() -> None:
     # The tiers are the machine's in every worker: adding them would count them twice.
     assert "mediaserver_recording_tier_bytes" not in samples
     assert "mediaserver_sent_bytes_created" not in samples
+
+
+async def test_a_heartbeat_renews_only_its_own_keys_and_tells_of_the_lost_ones() -> None:
+    """Two nodes that both took a stream and a pull lease while Redis was away: once it is back, the first
+    renewal keeps the key and the other node is told it lost it (no overwriting back and forth)."""
+    from redis.asyncio import Redis
+
+    from mediaserver.cluster.redis_registry import LEASE, STREAM, NodeEntry, NodeLeases, RedisRegistry
+
+    url, prefix = "redis://127.0.0.1:6379/0", f"test-units-{os.urandom(4).hex()}:"
+    a = RedisRegistry(url, prefix, NodeEntry("a", 0, "rtmp://a", "http://a"), 0.6)
+    b = RedisRegistry(url, prefix, NodeEntry("b", 0, "rtmp://b", "http://b"), 0.6)
+    lost: list[tuple[str, str]] = []
+    b.on_lost.append(lambda kind, key: lost.append((kind, key)))
+    client = Redis.from_url(url)
+    try:
+        assert await a.claim("live/x") is None
+        assert await NodeLeases(a).take("live/door") is None
+        assert (await b.claim("live/x")) == a.entry and await NodeLeases(b).take("live/door") == "a"
+        # Redis forgets (a restart), B takes both while A still thinks it holds them; A renews first.
+        await client.delete(f"{prefix}stream:live/x", f"{prefix}pull:live/door")
+        assert await b.claim("live/x") is None and await NodeLeases(b).take("live/door") is None
+        await client.delete(f"{prefix}stream:live/x", f"{prefix}pull:live/door")
+        await a._beat()
+        await b._beat()
+        assert sorted(lost) == [(LEASE, "live/door"), (STREAM, "live/x")]
+        assert b.held == frozenset() and a.held == {"live/x"}
+        assert (await client.get(f"{prefix}stream:live/x") or b"").decode() == a.entry.encoded()
+        # A lost key is not renewed again: A's entry stays A's.
+        await b._beat()
+        assert await b.lookup("live/x") == a.entry
+        assert await client.pttl(f"{prefix}pull:live/door") > 0
+    finally:
+        await client.delete(f"{prefix}stream:live/x", f"{prefix}pull:live/door")
+        await client.aclose()
+        await a.stop()
+        await b.stop()
