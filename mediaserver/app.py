@@ -229,6 +229,7 @@ class MediaServer:
             config.api.publish_app,
             self.metrics.registry,
             self.pull.reader,
+            self.transcode.source_of,
         )
         self.http_app.middlewares.append(self.gateway.middleware)
         if self.link is not None and self.control is not None:

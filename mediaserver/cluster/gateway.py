@@ -101,8 +101,11 @@ class WorkerGateway:
         camera_app: str = "live",
         metrics: CollectorRegistry | None = None,
         pull_reader: Callable[[str, str], int | None] | None = None,
+        rung_source: Callable[[str, str], str | None] | None = None,
     ) -> None:
         self.hub = hub
+        # The stream an ABR rung is transcoded from: a rung is made, and served, by the worker holding its source.
+        self.rung_source = rung_source
         # Which other worker reads an always-on pulled source (its state lives there while it is not live).
         self.pull_reader = pull_reader
         self.camera_app = camera_app
@@ -153,7 +156,7 @@ class WorkerGateway:
             if local is None or local.is_copy:
                 worker = self.registry.local_owner(f"{app}/{name}")
                 if worker is None and local is None:
-                    worker = self._pull_worker(app, name)
+                    worker = self._pull_worker(app, name) or self._rung_worker(app, name)
                 if worker is not None:
                     return await self._forward(request, worker)
                 if local is None and self.http_mode == "redirect" and path.split("/", 2)[1] in ("hls", "whep"):
@@ -163,6 +166,17 @@ class WorkerGateway:
                         raise web.HTTPTemporaryRedirect(location.http_url.rstrip("/") + request.path_qs)
         response = await handler(request)
         return response
+
+    def _rung_worker(self, app: str, name: str) -> WorkerAddress | None:
+        """The other worker holding the source of the rung `app/name` (not live yet): its ladder makes the rung,
+        rather than a second ladder here transcoding an edge copy of the same source."""
+        base = self.rung_source(app, name) if self.rung_source is not None else None
+        if base is None:
+            return None
+        source = self.hub.get(app, base)
+        if source is not None and not source.is_copy:
+            return None
+        return self.registry.local_owner(f"{app}/{base}")
 
     def _pull_worker(self, app: str, name: str) -> WorkerAddress | None:
         if self.link is None or self.pull_reader is None:

@@ -570,6 +570,13 @@ class TranscodeService:
                 return True
         return False
 
+    def source_of(self, app: str, name: str) -> str | None:
+        """The name of the stream `app/name` is a rung of (None: it is no rung), live or not."""
+        split = split_rung_stream(name, self.rung_names)
+        if split is None or not self.matches(app, split[0]):
+            return None
+        return split[0]
+
     def renditions(self, app: str, name: str) -> list[str]:
         """The other live renditions of the picture `app/name` shows (the original and its rungs, itself left
         out): the streams an LL-HLS media playlist names in its EXT-X-RENDITION-REPORT tags."""

@@ -266,3 +266,44 @@ def test_workers_stop_when_their_parent_dies(tmp_path: Path) -> None:
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids.values())
     finally:
         server.stop()
+
+
+def test_an_abr_rung_is_made_by_the_worker_holding_its_source(tmp_path: Path) -> None:
+    """A rung asked for through the worker that does not hold the source is transcoded by the holder's ladder
+    (the request is forwarded), not by a second ladder over an edge copy."""
+    ladder = {
+        "MEDIASERVER_TRANSCODE_STREAMS": '["live/*"]',
+        "MEDIASERVER_TRANSCODE_LADDER": '["180p:320x180:200k"]',
+        "MEDIASERVER_TRANSCODE_THREADS": "1",
+    }
+    server = start_workers(tmp_path, 2, ladder)
+    publisher = ffmpeg_publish(server.rtmp_url("live/cam"), 60, size="426x240", gop=25)
+    try:
+        wait_for_stream(server, "live", "cam", timeout=15)
+        holder = owner(server, "live", "cam")
+        other = 1 - holder
+        playlist = asyncio.run(_fetch_through(server, other, "/hls/live/cam_180p/index.m3u8"))
+        assert "#EXTINF" in playlist
+        assert metric(server, "mediaserver_transcode_workers", worker=str(holder)) == 1
+        assert metric(server, "mediaserver_transcode_workers", worker=str(other)) == 0
+        assert metric(server, "mediaserver_edge_copies_opened_total", worker=str(other)) == 0
+        assert owner(server, "live", "cam_180p") == holder
+    finally:
+        publisher.kill()
+        publisher.wait()
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()[-5000:]
+
+
+async def _fetch_through(server: ServerProcess, worker: int, path: str) -> str:
+    """GET a media path from one worker's own socket, until it answers 200 (a rung takes a moment to start)."""
+    connector = aiohttp.UnixConnector(path=str(server.data_dir / "run" / f"http-{worker}.sock"))
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession(connector=connector) as session:
+        while True:
+            async with session.get(f"http://worker{path}") as answer:
+                text = await answer.text()
+                if answer.status == 200 or time.monotonic() > deadline:
+                    assert answer.status == 200, text
+                    return text
+            await asyncio.sleep(0.5)
