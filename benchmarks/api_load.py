@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from sqlalchemy import insert
 
 from benchmarks.lib import mariadb
@@ -235,14 +236,21 @@ async def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     {"headers": headers, "params": {"limit": 50, "user_id": rng.randrange(1, 51), "since": since}},
                 ),
             }
+            assert server.process is not None
+            server_process = psutil.Process(server.process.pid)
             for label, make in scenarios.items():
                 await drive(session, make, 50, args.concurrency)  # warm-up
+                cpu_before = server_process.cpu_times()
                 latencies, errors, elapsed = await drive(session, make, args.requests, args.concurrency)
+                cpu_after = server_process.cpu_times()
+                cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
                 results[label] = {
                     "p50": pct(latencies, 0.5),
                     "p99": pct(latencies, 0.99),
                     "rps": len(latencies) / elapsed,
                     "errors": errors,
+                    # The server's own CPU per request (all its threads): steadier than rates on a shared machine.
+                    "cpu_ms": cpu * 1000 / max(len(latencies), 1),
                 }
             login = lambda i: (  # noqa: E731
                 "POST",
@@ -275,15 +283,16 @@ def render(all_results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"client-side latency in ms. Load average when the run started: {args.load_before:.2f} "
         "(other work on the machine shows here).",
         "",
-        "| backend | request | p50 ms | p99 ms | req/s | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| backend | request | p50 ms | p99 ms | req/s | server CPU ms/req | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in all_results:
         for label, figures in result.items():
             if isinstance(figures, dict) and "p50" in figures:
+                cpu_ms = f"{figures['cpu_ms']:.2f}" if "cpu_ms" in figures else "-"
                 lines.append(
                     f"| {result['backend']} | {label} | {figures['p50']:.2f} | {figures['p99']:.2f} | "
-                    f"{figures['rps']:.0f} | {figures['errors']} |"
+                    f"{figures['rps']:.0f} | {cpu_ms} | {figures['errors']} |"
                 )
     lines += [
         "",

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from control.api.base import RouteTable, send
+from control.api.base import RouteTable, send_plain
 from control.api.paging import read_page
 from control.api.schemas import AuditList, AuditOut, AuditQuery
 from control.api.validated import query
@@ -60,6 +60,7 @@ async def list_audit(request: web.Request) -> web.StreamResponse:
             q.limit,
             q.offset,
         )
-    # The database's values were checked when they were written: the page is built without validating them again.
-    items = [AuditOut.model_construct(**{name: row[i] for i, name in enumerate(_NAMES)}) for row in rows]
-    return send(AuditList.model_construct(items=items, total=total, limit=q.limit, offset=q.offset))
+    # The database's values were checked when they were written: the page is `AuditList`'s fields as plain values,
+    # without building (or validating) a model per entry.
+    items = [dict(zip(_NAMES, row, strict=False)) for row in rows]
+    return send_plain({"items": items, "total": total, "limit": q.limit, "offset": q.offset})

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
 
 from control.rbac import Permission
 from mediaserver.http.errors import error_response
@@ -197,3 +198,9 @@ def send(model: BaseModel | None, status: int = 200) -> web.Response:
     if model is None:
         return web.Response(status=status)
     return web.Response(body=model.model_dump_json(), status=status, content_type="application/json")
+
+
+def send_plain(answer: dict[str, Any], status: int = 200) -> web.Response:
+    """An answer already shaped as its response model's fields (plain values, datetimes included), encoded by
+    the same serializer as `send`: for the busiest listings, where building the models costs more than the rest."""
+    return web.Response(body=to_json(answer), status=status, content_type="application/json")

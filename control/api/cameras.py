@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control.api.base import RouteTable, not_found, path_camera_id, send
+from control.api.base import RouteTable, not_found, path_camera_id, send, send_plain
 from control.api.paging import read_page
 from control.api.schemas import (
     BulkCreate,
@@ -69,8 +69,14 @@ def cameras_changed(svc: Services, updated: Sequence[Any] = (), deleted: Sequenc
 
 
 def camera_view(svc: Services, camera: Any, request: web.Request | None, with_key: bool) -> CameraOut:
-    """`camera` is a Camera or a row of the cameras table. Built without validation (the values come from the
-    database, already checked when they went in): a page of cameras is the busiest answer of the API."""
+    """`camera` is a Camera or a row of the cameras table, as the API shows it."""
+    return CameraOut.model_construct(**camera_fields(svc, camera, request, with_key))
+
+
+def camera_fields(svc: Services, camera: Any, request: web.Request | None, with_key: bool) -> dict[str, Any]:
+    """`CameraOut`'s fields as a plain dict, built without validation (the values come from the database, already
+    checked when they went in): a page of cameras is the busiest answer of the API, and building 50 models for
+    it cost five times what the dicts do."""
     stream = svc.hub.live(svc.config.api.publish_app, camera.id)
     fields: dict[str, Any] = {
         "id": camera.id,
@@ -99,7 +105,7 @@ def camera_view(svc: Services, camera: Any, request: web.Request | None, with_ke
         fields["stream_key"] = camera.stream_key
         fields["publish_url"] = publish_url(svc, host or "", camera.stream_key)
         fields["source_url"] = camera.source_url
-    return CameraOut.model_construct(**fields)
+    return fields
 
 
 def new_camera(fields: CameraCreate) -> Camera:
@@ -157,8 +163,8 @@ async def list_cameras(request: web.Request) -> web.StreamResponse:
             q.offset,
         )
         with_key = principal(request).can(WRITE)
-        items = [camera_view(svc, c, request, with_key) for c in rows]
-    return send(CameraList.model_construct(items=items, total=total, limit=q.limit, offset=q.offset))
+        items = [camera_fields(svc, c, request, with_key) for c in rows]
+    return send_plain({"items": items, "total": total, "limit": q.limit, "offset": q.offset})
 
 
 @routes.route(

@@ -77,6 +77,9 @@ async def test_filters_and_pages(api: Api, admin: str) -> None:
     assert page["total"] == 10 and [c["name"] for c in page["items"]] == names[:3]
     status, page = await api.call("GET", "/cameras", admin, params={"limit": 3, "offset": 9})
     assert [c["name"] for c in page["items"]] == ["Roof"]
+    # A page's entries are encoded without models: each is exactly what the camera's own route answers.
+    for entry in page["items"]:
+        assert (await api.call("GET", f"/cameras/{entry['id']}", admin))[1] == entry
     status, page = await api.call("GET", "/cameras", admin, params={"limit": 3, "offset": 12})
     assert status == 200 and page["items"] == [] and page["total"] == 10  # past the end: the total still counts
     # The sort key follows a rename (the database keeps it).
