@@ -68,43 +68,35 @@ def cameras_changed(svc: Services, updated: Sequence[Any] = (), deleted: Sequenc
             svc.events.publish(EventName.CAMERA_DELETED, {}, camera_id)
 
 
-def camera_view(svc: Services, camera: Any, request: web.Request | None, with_key: bool) -> CameraOut:
-    """`camera` is a Camera or a row of the cameras table, as the API shows it."""
-    return CameraOut.model_construct(**camera_fields(svc, camera, request, with_key))
+# The columns a camera's answer shows as they are stored.
+_SHOWN_COLUMNS = ("id", "name", "company", "vendor", "model", "serial_number", "location", "enabled",
+                  "recording_enabled", "private", "status", "last_seen", "created_at", "updated_at")  # fmt: skip
+_READ_COLUMNS = (*_SHOWN_COLUMNS, "source_url", "stream_key")
 
 
-def camera_fields(svc: Services, camera: Any, request: web.Request | None, with_key: bool) -> dict[str, Any]:
-    """`CameraOut`'s fields as a plain dict, built without validation (the values come from the database, already
-    checked when they went in): a page of cameras is the busiest answer of the API, and building 50 models for
-    it cost five times what the dicts do."""
-    stream = svc.hub.live(svc.config.api.publish_app, camera.id)
-    fields: dict[str, Any] = {
-        "id": camera.id,
-        "name": camera.name,
-        "company": camera.company,
-        "vendor": camera.vendor,
-        "model": camera.model,
-        "serial_number": camera.serial_number,
-        "location": camera.location,
-        "enabled": camera.enabled,
-        "recording_enabled": camera.recording_enabled,
-        "private": camera.private,
-        "status": camera.status,
-        "live": stream is not None,
-        "last_seen": camera.last_seen,
-        "bitrate_bps": int(stream.bitrate) if stream is not None else 0,
-        "created_at": camera.created_at,
-        "updated_at": camera.updated_at,
-        "source": shown_url(camera.source_url) if camera.source_url else None,
-        "stream_key": None,
-        "publish_url": None,
-        "source_url": None,
-    }
+def camera_view(svc: Services, camera: Camera, request: web.Request | None, with_key: bool) -> CameraOut:
+    """A camera as the API shows it."""
+    values = {name: getattr(camera, name) for name in _READ_COLUMNS}
+    return CameraOut.model_construct(**camera_fields(svc, values, request, with_key))
+
+
+def camera_fields(svc: Services, values: dict[str, Any], request: web.Request | None, with_key: bool) -> dict[str, Any]:
+    """`CameraOut`'s fields as a plain dict, from a camera's column values, built without validation (they come
+    from the database, checked when they went in): a page of cameras is the busiest answer of the API, and
+    building 50 models (or reading 50 rows by attribute) for it cost several times what plain dicts do."""
+    stream = svc.hub.live(svc.config.api.publish_app, values["id"])
+    fields = {name: values[name] for name in _SHOWN_COLUMNS}
+    source_url = values["source_url"]
+    fields["live"] = stream is not None
+    fields["bitrate_bps"] = int(stream.bitrate) if stream is not None else 0
+    fields["source"] = shown_url(source_url) if source_url else None
     if with_key:
         host = request.url.host if request is not None else ""
-        fields["stream_key"] = camera.stream_key
-        fields["publish_url"] = publish_url(svc, host or "", camera.stream_key)
-        fields["source_url"] = camera.source_url
+        fields["stream_key"] = values["stream_key"]
+        fields["publish_url"] = publish_url(svc, host or "", values["stream_key"])
+        fields["source_url"] = source_url
+    else:
+        fields["stream_key"] = fields["publish_url"] = fields["source_url"] = None
     return fields
 
 
@@ -156,14 +148,15 @@ async def list_cameras(request: web.Request) -> web.StreamResponse:
         # Plain rows, not ORM objects: a page is read-only and this is the busiest listing.
         rows, total = await read_page(
             session,
-            select(*Camera.__table__.columns).order_by(Camera.name_key, Camera.id),
+            select(*(Camera.__table__.columns[name] for name in _READ_COLUMNS)).order_by(Camera.name_key, Camera.id),
             Camera.__table__,
             conditions,
             q.limit,
             q.offset,
         )
         with_key = principal(request).can(WRITE)
-        items = [camera_fields(svc, c, request, with_key) for c in rows]
+        names = rows[0]._fields if rows else ()
+        items = [camera_fields(svc, dict(zip(names, row, strict=False)), request, with_key) for row in rows]
     return send_plain({"items": items, "total": total, "limit": q.limit, "offset": q.offset})
 
 
