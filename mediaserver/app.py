@@ -20,7 +20,7 @@ from mediaserver.cluster.edge import EdgeService, InternalPlayOnly
 from mediaserver.cluster.gateway import WorkerGateway
 from mediaserver.cluster.link import MachineLink
 from mediaserver.cluster.machinehub import MachineHub
-from mediaserver.cluster.redis_registry import LEASE, NodeEntry, NodeLeases, RedisRegistry
+from mediaserver.cluster.redis_registry import NodeEntry, NodeLeases, RedisRegistry
 from mediaserver.cluster.registry import StreamRegistry
 from mediaserver.cluster.role import WorkerRole
 from mediaserver.cluster.tokens import ClusterAuthorizer
@@ -208,8 +208,7 @@ class MediaServer:
             return
         if nodes is not None:
             # Every node knows every pulled camera: the one holding a camera's lease reads it.
-            self.pull.share_with_nodes(NodeLeases(nodes), nodes.ttl / 3)
-            nodes.on_lost.append(self._on_node_key_lost)
+            self.pull.share_with_nodes(NodeLeases(nodes, self.pull.lease_lost), nodes.ttl / 3)
         cluster = config.cluster
         self.registry = StreamRegistry(self.hub, self.link, nodes)
         self.edge = EdgeService(
@@ -237,10 +236,6 @@ class MediaServer:
             self.control.figures.remote_metrics = self.gateway.other_workers_metrics
             if not config.redis.url:
                 self.control.attach_machine_relay(MachineRelay(self.control.events, self.link))
-
-    def _on_node_key_lost(self, kind: str, key: str) -> None:
-        if kind == LEASE:
-            self.pull.lease_lost(key)
 
     async def start(self) -> None:
         Path(self.config.server.data_dir).mkdir(parents=True, exist_ok=True)

@@ -178,8 +178,15 @@ class RedisRegistry:
 class NodeLeases:
     """Pull leases in the registry (`pull.service.SourceLeases`): the node holding a camera's lease reads it."""
 
-    def __init__(self, nodes: RedisRegistry) -> None:
+    def __init__(self, nodes: RedisRegistry, on_lost: Callable[[str], None]) -> None:
+        """`on_lost(key)`: another node reads `key` now (both took its lease while Redis was away)."""
         self.nodes = nodes
+        self._on_lost = on_lost
+        nodes.on_lost.append(self._key_lost)
+
+    def _key_lost(self, kind: str, key: str) -> None:
+        if kind == LEASE:
+            self._on_lost(key)
 
     async def take(self, key: str) -> str | None:
         holder = await self.nodes.claim(key, LEASE)

@@ -77,8 +77,7 @@ class PullService:
         self._started_at: dict[str, float] = {}
         self._idle_check = BackgroundTask.every(1.0, self._stop_idle, "pull_idle")
         self.leases: SourceLeases | None = None
-        self._lease_retry = 1.0
-        self._lease_check = BackgroundTask(self._take_free_leases)
+        self._lease_check: BackgroundTask | None = None
         self._lease_tasks: set[asyncio.Task[None]] = set()
         hub.listen(self._on_hub_event)
         hub.add_demand(self.demand)
@@ -113,7 +112,7 @@ class PullService:
     def share_with_nodes(self, leases: SourceLeases, retry: float) -> None:
         """Read an always-on source only while this node holds its lease; look for free ones every `retry` s."""
         self.leases = leases
-        self._lease_retry = retry
+        self._lease_check = BackgroundTask.every(retry, self._take_free_leases, "pull_leases")
 
     def start(self) -> None:
         self._running = True
@@ -121,13 +120,14 @@ class PullService:
             self._launch(source)
         if self._on_demand:
             self._idle_check.start()
-        if self.leases is not None:
+        if self._lease_check is not None:
             self._lease_check.start()
 
     async def stop(self) -> None:
         self._running = False
         await self._idle_check.stop()
-        await self._lease_check.stop()
+        if self._lease_check is not None:
+            await self._lease_check.stop()
         for source in self.sources:
             await self._stop_source(source)
 
@@ -143,20 +143,18 @@ class PullService:
 
     async def _take_free_leases(self) -> None:
         """Start each leased source that is not running once its lease is this node's."""
-        while True:
-            for source in list(self.sources):
-                if not self._running or source.running or not self._leased(source) or self.leases is None:
-                    continue
-                holder = await self.leases.take(source.key)
-                if source not in self.sources or source.running or not self._running:
-                    continue
-                if holder is None:
-                    log.info("event=pull_lease_taken stream=%s url=%s", source.key, source.shown)
-                    source.start()
-                elif source.state != "elsewhere":
-                    log.info("event=pull_elsewhere stream=%s node=%s", source.key, holder)
-                    source.state = "elsewhere"
-            await asyncio.sleep(self._lease_retry)
+        for source in list(self.sources):
+            if self.leases is None or not self._running or source.running or not self._leased(source):
+                continue
+            holder = await self.leases.take(source.key)
+            if source not in self.sources or source.running or not self._running:
+                continue
+            if holder is None:
+                log.info("event=pull_lease_taken stream=%s url=%s", source.key, source.shown)
+                source.start()
+            elif source.state != "elsewhere":
+                log.info("event=pull_elsewhere stream=%s node=%s", source.key, holder)
+                source.state = "elsewhere"
 
     def lease_lost(self, key: str) -> None:
         """Another node reads `key` now (both took its lease while Redis was away): stop reading it here."""

@@ -227,14 +227,15 @@ async def test_a_heartbeat_renews_only_its_own_keys_and_tells_of_the_lost_ones()
     b = RedisRegistry(url, prefix, NodeEntry("b", 0, "rtmp://b", "http://b"), 0.6)
     lost: list[tuple[str, str]] = []
     b.on_lost.append(lambda kind, key: lost.append((kind, key)))
+    a_leases, b_leases = NodeLeases(a, lambda key: None), NodeLeases(b, lambda key: None)
     client = Redis.from_url(url)
     try:
         assert await a.claim("live/x") is None
-        assert await NodeLeases(a).take("live/door") is None
-        assert (await b.claim("live/x")) == a.entry and await NodeLeases(b).take("live/door") == "a"
+        assert await a_leases.take("live/door") is None
+        assert (await b.claim("live/x")) == a.entry and await b_leases.take("live/door") == "a"
         # Redis forgets (a restart), B takes both while A still thinks it holds them; A renews first.
         await client.delete(f"{prefix}stream:live/x", f"{prefix}pull:live/door")
-        assert await b.claim("live/x") is None and await NodeLeases(b).take("live/door") is None
+        assert await b.claim("live/x") is None and await b_leases.take("live/door") is None
         await client.delete(f"{prefix}stream:live/x", f"{prefix}pull:live/door")
         await a._beat()
         await b._beat()
