@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-log = logging.getLogger("mediaserver.hls")
+from mediaserver.vectored_io import Buffer, write_all
 
-Buffer = bytes | memoryview
+log = logging.getLogger("mediaserver.hls")
 
 
 class SpillFile:
@@ -89,22 +89,6 @@ class SpillWriter:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-
-
-# The most buffers one pwritev takes (Linux's UIO_MAXIOV): a segment is its parts' boxes and every sample.
-_IOV_MAX = 1024
-
-
-def _write_all(fd: int, chunks: Sequence[Buffer], offset: int) -> None:
-    views = [memoryview(c) for c in chunks]
-    while views:
-        written = os.pwritev(fd, views[:_IOV_MAX], offset)
-        offset += written
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if views and written:
-            views[0] = views[0][written:]
 
 
 def _read_all(fd: int, offset: int, length: int) -> bytes:
@@ -177,7 +161,7 @@ class StreamSpill:
         def job() -> None:
             if file.fd < 0:
                 file.fd = writer.open_fd()
-            _write_all(file.fd, chunks, offset)
+            write_all(file.fd, chunks, offset)
 
         def finished(future: Future[None]) -> None:
             exc = future.exception()

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mediaserver.vectored_io import write_all
+
 log = logging.getLogger("mediaserver.recording")
 
 # How long the thread lets work gather after it wakes, seconds.
 BATCH_WINDOW = 0.1
-_IOV_MAX = 1024  # Linux UIO_MAXIOV: buffers one writev takes
 
 
 @dataclass(slots=True)
@@ -239,16 +240,7 @@ class RecordingWriter:
         self._write_all(file, [data])
 
     def _write_all(self, file: _File, chunks: list[bytes]) -> None:
-        views = [memoryview(chunk) for chunk in chunks]
-        while views:
-            written = os.writev(file.fd, views[:_IOV_MAX])
-            # A short write (a signal, a nearly full disk): go on from where it stopped.
-            while written and views:
-                if written >= len(views[0]):
-                    written -= len(views.pop(0))
-                else:
-                    views[0] = views[0][written:]
-                    written = 0
+        write_all(file.fd, chunks)
         for chunk in chunks:
             file.size += len(chunk)
             file.digest.update(chunk)

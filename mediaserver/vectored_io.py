@@ -1,0 +1,40 @@
+"""Writing a list of buffers to a file in as few system calls as the kernel allows.
+
+Shared by the HLS spill files and the recorder: both hand over a fragment as its boxes followed by views of
+the samples, and neither should join them into one copy first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+Buffer = bytes | memoryview
+
+# Linux's UIO_MAXIOV: the most buffers one writev/pwritev takes.
+IOV_MAX = 1024
+
+
+def write_all(fd: int, chunks: Sequence[Buffer], offset: int | None = None) -> int:
+    """Write every byte of `chunks` in order, at `offset` (pwritev) or at the file's position (writev).
+
+    A short write (a signal, a nearly full disk) goes on from where it stopped. Returns the bytes written."""
+    views = [memoryview(chunk) for chunk in chunks]
+    total = 0
+    first = 0
+    while first < len(views):
+        batch = views[first : first + IOV_MAX]
+        written = os.writev(fd, batch) if offset is None else os.pwritev(fd, batch, offset + total)
+        total += written
+        while written and first < len(views):
+            size = len(views[first])
+            if written >= size:
+                written -= size
+                first += 1
+            else:
+                views[first] = views[first][written:]
+                written = 0
+        # Zero-length buffers the kernel had nothing to do for.
+        while first < len(views) and not len(views[first]):
+            first += 1
+    return total
