@@ -67,7 +67,8 @@ class PullService:
             config.reconnect_max,
             allow_loopback=config.allow_loopback,
         )
-        self.sources: list[PullSource] = []
+        # By (app, name): players and the API look a source up on every request about a stream.
+        self._sources: dict[tuple[str, str], PullSource] = {}
         self._running = False
         self._on_demand = list(config.on_demand)
         self._wait = config.on_demand_wait
@@ -83,11 +84,18 @@ class PullService:
         hub.add_demand(self.demand)
         for entry in config.sources:
             app, name, url = parse_source(entry)
+            if (app, name) in self._sources:
+                raise ConfigError(f"pull source {app}/{name} is listed twice")
             try:
-                self.sources.append(PullSource(hub, app, name, url, self.settings))
+                self._sources[app, name] = PullSource(hub, app, name, url, self.settings)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
         registry.register(_PullCollector(self))
+
+    @property
+    def sources(self) -> list[PullSource]:
+        """Every source this worker knows, in the order they were added."""
+        return list(self._sources.values())
 
     def _reading_worker(self, source: PullSource) -> int:
         """The worker that reads the always-on `source`: a stable hash of its key picks it."""
@@ -143,11 +151,11 @@ class PullService:
 
     async def _take_free_leases(self) -> None:
         """Start each leased source that is not running once its lease is this node's."""
-        for source in list(self.sources):
+        for source in self.sources:
             if self.leases is None or not self._running or source.running or not self._leased(source):
                 continue
             holder = await self.leases.take(source.key)
-            if source not in self.sources or source.running or not self._running:
+            if self._sources.get((source.app, source.name)) is not source or source.running or not self._running:
                 continue
             if holder is None:
                 log.info("event=pull_lease_taken stream=%s url=%s", source.key, source.shown)
@@ -216,7 +224,7 @@ class PullService:
 
     async def _stop_idle(self) -> None:
         now = time.monotonic()
-        for source in list(self.sources):
+        for source in self.sources:
             if not source.running or not self.on_demand(source):
                 continue
             key = source.key
@@ -232,7 +240,7 @@ class PullService:
             source.state = "idle"
 
     def get(self, app: str, name: str) -> PullSource | None:
-        return next((s for s in self.sources if s.app == app and s.name == name), None)
+        return self._sources.get((app, name))
 
     async def set_source(self, app: str, name: str, url: str | None) -> None:
         """Pull `app/name` from `url` (None: stop pulling it); a changed URL starts a new source."""
@@ -240,11 +248,11 @@ class PullService:
         if current is not None and url is not None and current.same_url(url):
             return
         if current is not None:
-            self.sources.remove(current)
+            del self._sources[app, name]
             await self._stop_source(current)
         if url is not None:
             source = PullSource(self.hub, app, name, url, self.settings)
-            self.sources.append(source)
+            self._sources[app, name] = source
             if self._running:
                 self._launch(source)
 

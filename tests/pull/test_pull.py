@@ -21,14 +21,16 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mediaserver.auth import shown_url
 from mediaserver.codecs.h264 import NAL_PPS, NAL_SPS, nal_type
 from mediaserver.config import ConfigError, load_config
+from mediaserver.hub import Hub
 from mediaserver.media import TrackKind
 from mediaserver.pull.audio import G711ToAac
 from mediaserver.pull.convert import SourceConverter, avc_config_from_extradata
-from mediaserver.pull.service import parse_source
+from mediaserver.pull.service import PullService, parse_source
 from mediaserver.pull.source import RefusedAddress, check_addresses
 from tests.conftest import ServerProcess, free_port, require, wait_for_stream
 from tests.recording.helpers import call, wait_until
@@ -142,6 +144,18 @@ def test_urls_are_shown_without_credentials_and_entries_are_checked() -> None:
     for values in ({"MEDIASERVER_PULL_RTSP_TRANSPORT": "http"}, {"MEDIASERVER_PULL_RECONNECT_MIN": "0"}):
         with pytest.raises(ConfigError):
             load_config(None, values).validate()
+
+
+def test_sources_are_found_by_name_and_a_name_listed_twice_is_refused() -> None:
+    sources = "live/door=rtsp://10.0.0.5/1,live/yard=rtsp://10.0.0.6/1"
+    service = PullService(Hub(), load_config(None, {"MEDIASERVER_PULL_SOURCES": sources}).pull, CollectorRegistry())
+    assert [s.key for s in service.sources] == ["live/door", "live/yard"]
+    yard = service.get("live", "yard")
+    assert yard is not None and yard.name == "yard"
+    assert service.get("live", "gate") is None
+    twice = sources + ",live/door=rtsp://10.0.0.7/1"
+    with pytest.raises(ConfigError, match="twice"):
+        PullService(Hub(), load_config(None, {"MEDIASERVER_PULL_SOURCES": twice}).pull, CollectorRegistry())
 
 
 # ----- a real camera stand-in ----------------------------------------------------------------------------------
