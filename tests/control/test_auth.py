@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import jwt
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import update
 
+from control import security
 from control.rbac import Role
 from control.security import PasswordHasher, TokenError, TokenService, load_or_create_secret
 from control.store import User
@@ -154,6 +156,29 @@ def test_secret_file_is_created_private(tmp_path: Path) -> None:
     assert service.decode_access(service.issue_access(3, "viewer", "s")[0]).user_id == 3
     with pytest.raises(ConfigError):
         TokenService.from_config(AuthApiConfig(), tmp_path / "other", embedded=False)
+
+
+def test_a_checked_access_token_is_remembered_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    service = TokenService("HS256", "k" * 40, "k" * 40, access_ttl=60)
+    token, _ = service.issue_access(5, "operator", "sid-1")
+    first = service.decode_access(token)
+    assert service.decode_access(token) is first  # the second look-up is not a second check
+    # A token with one character changed is a different token: checked, and refused.
+    tampered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+    with pytest.raises(TokenError):
+        service.decode_access(tampered)
+    # Past its expiry the remembered token is refused like any expired one.
+    real_time = time.time
+    monkeypatch.setattr(security.time, "time", lambda: real_time() + 61)
+    with pytest.raises(TokenError, match="token_expired"):
+        service.decode_access(token)
+    monkeypatch.setattr(security.time, "time", real_time)
+    # A new secret forgets what the old one checked.
+    fresh, _ = service.issue_access(5, "operator", "sid-2")
+    service.decode_access(fresh)
+    service.use_secret("n" * 40)
+    with pytest.raises(TokenError):
+        service.decode_access(fresh)
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
