@@ -26,15 +26,10 @@ def write_all(fd: int, chunks: Sequence[Buffer], offset: int | None = None) -> i
         batch = views[first : first + IOV_MAX]
         written = os.writev(fd, batch) if offset is None else os.pwritev(fd, batch, offset + total)
         total += written
-        while written and first < len(views):
-            size = len(views[first])
-            if written >= size:
-                written -= size
-                first += 1
-            else:
-                views[first] = views[first][written:]
-                written = 0
-        # Zero-length buffers the kernel had nothing to do for.
-        while first < len(views) and not len(views[first]):
+        # Past every buffer the call finished (empty ones too), then into the one it stopped in, if any.
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
             first += 1
+        if written:
+            views[first] = views[first][written:]
     return total

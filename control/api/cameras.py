@@ -333,6 +333,10 @@ async def set_camera_enabled(svc: Services, camera_id: str, enabled: bool, who: 
     return camera
 
 
+# The five columns a status answer needs, run as a Core statement: the ORM's identity load cost more than the query.
+_STATUS_QUERY = select(*(Camera.__table__.c[name] for name in ("id", "status", "enabled", "last_seen", "source_url")))
+
+
 @routes.route(
     "GET",
     "/cameras/{camera_id}/status",
@@ -344,12 +348,9 @@ async def set_camera_enabled(svc: Services, camera_id: str, enabled: bool, who: 
 async def camera_status(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     camera_id = path_camera_id(request)
-    # The five columns the answer needs, run as a Core statement: the ORM's identity load cost more than the query.
-    columns = Camera.__table__.c
-    query = select(columns.id, columns.status, columns.enabled, columns.last_seen, columns.source_url)
     async with svc.store.reader() as session:
         connection = await session.connection()
-        camera = (await connection.execute(query.where(columns.id == camera_id))).first()
+        camera = (await connection.execute(_STATUS_QUERY.where(Camera.__table__.c.id == camera_id))).first()
     if camera is None:
         raise not_found("camera")
     stream = svc.hub.live(svc.config.api.publish_app, camera.id)
