@@ -76,8 +76,11 @@ class Store:
         kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         for noisy in ("sqlalchemy.engine", "aiosqlite", "asyncmy"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # SQLite too: a connection beyond the pool is opened (a new aiosqlite thread, four PRAGMAs) and closed
+        # again for each request that needs it, which cost more than the request's own query.
+        kwargs.update(pool_size=pool_size, max_overflow=max_overflow)
         if not self.is_sqlite:
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=pool_recycle, pool_pre_ping=True)
+            kwargs.update(pool_recycle=pool_recycle, pool_pre_ping=True)
         self.url = parsed
         self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
         # Reads go through `reader`; on SQLite it is a second pool whose transactions do not lock out

@@ -88,3 +88,30 @@ def test_migrate_command(tmp_path: Path, database_url: str) -> None:
     finally:
         if database_url.startswith("mysql"):
             asyncio.run(_mysql(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+async def test_sqlite_readers_keep_their_connections_under_load(tmp_path: Path) -> None:
+    """Eight reads at once, twice over: each connection is opened once and kept (a connection beyond the pool
+    would be opened and closed again per use, with its own thread and PRAGMAs each time)."""
+    import asyncio
+
+    from sqlalchemy import event, text
+
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}", pool_size=8, max_overflow=4)
+    opened: list[object] = []
+    event.listen(store.read_engine.sync_engine, "connect", lambda conn, record: opened.append(conn))
+    try:
+        await store.migrate()
+
+        async def read() -> int:
+            async with store.reader() as session:
+                value = (await session.execute(text("SELECT 1"))).scalar_one()
+                await asyncio.sleep(0.01)  # all eight are out at once
+                return int(value)
+
+        for _ in range(2):
+            assert await asyncio.gather(*(read() for _ in range(8))) == [1] * 8
+        assert len(opened) == 8
+        assert store.read_engine.sync_engine.pool.checkedin() == 8  # type: ignore[attr-defined]
+    finally:
+        await store.close()
