@@ -163,13 +163,15 @@ async def drive(
         nonlocal errors
         while not queue.empty():
             i = queue.get_nowait()
-            if rate is not None:
-                due = started + i / rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
             method, url, kwargs = make(i)
             begin = time.perf_counter()
+            if rate is not None:
+                # At a fixed rate a request's latency counts from when it was due: a request that waits for a free
+                # connection (every one busy with a slow answer) waits in the latency, not outside it.
+                due = started + i / rate
+                if due > begin:
+                    await asyncio.sleep(due - begin)
+                begin = due
             async with session.request(method, url, **kwargs) as response:
                 await response.read()
                 if response.status >= 400:
@@ -241,7 +243,7 @@ async def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for label, make in scenarios.items():
                 await drive(session, make, 50, args.concurrency)  # warm-up
                 cpu_before = server_process.cpu_times()
-                latencies, errors, elapsed = await drive(session, make, args.requests, args.concurrency)
+                latencies, errors, elapsed = await drive(session, make, args.requests, args.concurrency, args.rate)
                 cpu_after = server_process.cpu_times()
                 cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
                 results[label] = {
@@ -276,11 +278,18 @@ def render(all_results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "## Control plane API",
         "",
         f"`python -m benchmarks.api_load --backends {args.backends} --requests {args.requests} "
-        f"--concurrency {args.concurrency} --logins {args.logins} --login-rate {args.login_rate:g}` on "
+        f"--concurrency {args.concurrency}{f' --rate {args.rate:g}' if args.rate else ''} --logins {args.logins} "
+        f"--login-rate {args.login_rate:g}` on "
         f"{platform.machine()} ({os.cpu_count()} cores), Python {platform.python_version()}, "
         f"{datetime.now(UTC).strftime('%Y-%m-%d')}. {args.cameras} cameras and {args.audit_rows} audit rows seeded; "
-        f"server and load generator on the same machine (loopback), {args.concurrency} requests in flight; "
-        f"client-side latency in ms. Load average when the run started: {args.load_before:.2f} "
+        "server and load generator on the same machine (loopback), "
+        + (
+            f"{args.rate:g} requests/s sent on schedule over at most {args.concurrency} connections (latency from "
+            "each request's due time); "
+            if args.rate
+            else f"{args.concurrency} requests in flight; "
+        )
+        + f"client-side latency in ms. Load average when the run started: {args.load_before:.2f} "
         "(other work on the machine shows here).",
         "",
         "| backend | request | p50 ms | p99 ms | req/s | server CPU ms/req | errors |",
@@ -317,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-rows", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--rate", type=float, default=None, help="requests per second, sent on schedule (default: as fast as answered)"
+    )
     parser.add_argument("--logins", type=int, default=30)
     parser.add_argument("--login-rate", type=float, default=3.0)
     parser.add_argument("--append", help="append the Markdown section to this file")

@@ -139,7 +139,7 @@ class ControlPlane:
         self.config = config
         self.hub = hub
         self._environ = os.environ if environ is None else environ
-        self.store = Store.from_config(config)
+        self.store = Store.from_config(config, registry)
         auth = config.auth_api
         self.hasher = PasswordHasher(auth.argon2_time_cost, auth.argon2_memory_kib, auth.argon2_parallelism)
         # The embedded default's secret file is created at start, not by merely building the object.

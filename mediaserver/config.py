@@ -126,6 +126,9 @@ class DatabaseConfig:
     max_overflow: int = 20
     # Seconds after which a pooled connection is replaced (keep below the server's wait_timeout).
     pool_recycle: int = 3600
+    # SQLite: short reads (API pages, look-ups) run on the event loop for at most this long, then move to a
+    # connection thread; 0 sends every read to a thread.
+    inline_read_budget_ms: float = 2.0
     # Apply migrations on `serve` for a non-embedded database (the embedded SQLite always migrates).
     auto_migrate: bool = False
 
@@ -450,6 +453,8 @@ class Config:
             raise ConfigError("auth_api.jwt_private_key_file and jwt_public_key_file are needed for RS256/ES256")
         if min(self.auth_api.access_token_ttl, self.auth_api.refresh_token_ttl, self.auth_api.play_token_ttl) < 1:
             raise ConfigError("auth_api token lifetimes must be positive")
+        if self.database.inline_read_budget_ms < 0:
+            raise ConfigError("database.inline_read_budget_ms must not be negative")
         if self.api.rate_window <= 0 or min(self.database.pool_size, self.api.max_body_bytes) < 1:
             raise ConfigError("api.rate_window, api.max_body_bytes and database.pool_size must be positive")
         if self.server.log_format not in ("text", "json"):

@@ -51,15 +51,10 @@ async def list_audit(request: web.Request) -> web.StreamResponse:
         conditions.append(AuditLog.at >= q.since)
     if q.until is not None:
         conditions.append(AuditLog.at < q.until)
-    async with svc.store.reader() as session:
-        rows, total = await read_page(
-            session,
-            select(*_COLUMNS).order_by(AuditLog.at.desc(), AuditLog.id.desc()),
-            AuditLog.__table__,
-            conditions,
-            q.limit,
-            q.offset,
-        )
+    statement = select(*_COLUMNS).order_by(AuditLog.at.desc(), AuditLog.id.desc())
+    rows, total = await svc.store.read(
+        lambda session: read_page(session, statement, AuditLog.__table__, conditions, q.limit, q.offset)
+    )
     # The database's values were checked when they were written: the page is `AuditList`'s fields as plain values,
     # without building (or validating) a model per entry.
     items = [dict(zip(_NAMES, row, strict=False)) for row in rows]

@@ -72,6 +72,7 @@ def cameras_changed(svc: Services, updated: Sequence[Any] = (), deleted: Sequenc
 _SHOWN_COLUMNS = ("id", "name", "company", "vendor", "model", "serial_number", "location", "enabled",
                   "recording_enabled", "private", "status", "last_seen", "created_at", "updated_at")  # fmt: skip
 _READ_COLUMNS = (*_SHOWN_COLUMNS, "source_url", "stream_key")
+_PAGE_QUERY = select(*(Camera.__table__.columns[name] for name in _READ_COLUMNS)).order_by(Camera.name_key, Camera.id)
 
 
 def camera_view(svc: Services, camera: Camera, request: web.Request | None, with_key: bool) -> CameraOut:
@@ -144,19 +145,12 @@ async def list_cameras(request: web.Request) -> web.StreamResponse:
         conditions.append(Camera.enabled.is_(q.enabled))
     if q.q:
         conditions.append(Camera.name_key.contains(q.q.lower(), autoescape=True))
-    async with svc.store.reader() as session:
-        # Plain rows, not ORM objects: a page is read-only and this is the busiest listing.
-        rows, total = await read_page(
-            session,
-            select(*(Camera.__table__.columns[name] for name in _READ_COLUMNS)).order_by(Camera.name_key, Camera.id),
-            Camera.__table__,
-            conditions,
-            q.limit,
-            q.offset,
-        )
-        with_key = principal(request).can(WRITE)
-        names = rows[0]._fields if rows else ()
-        items = [camera_fields(svc, dict(zip(names, row, strict=False)), request, with_key) for row in rows]
+    # Plain rows, not ORM objects: a page is read-only and this is the busiest listing.
+    rows, total = await svc.store.read(
+        lambda session: read_page(session, _PAGE_QUERY, Camera.__table__, conditions, q.limit, q.offset)
+    )
+    with_key = principal(request).can(WRITE)
+    items = [camera_fields(svc, dict(zip(_READ_COLUMNS, row, strict=False)), request, with_key) for row in rows]
     return send_plain({"items": items, "total": total, "limit": q.limit, "offset": q.offset})
 
 
@@ -348,9 +342,8 @@ _STATUS_QUERY = select(*(Camera.__table__.c[name] for name in ("id", "status", "
 async def camera_status(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     camera_id = path_camera_id(request)
-    async with svc.store.reader() as session:
-        connection = await session.connection()
-        camera = (await connection.execute(_STATUS_QUERY.where(Camera.__table__.c.id == camera_id))).first()
+    statement = _STATUS_QUERY.where(Camera.__table__.c.id == camera_id)
+    camera = await svc.store.read(lambda session: session.connection().execute(statement).first())
     if camera is None:
         raise not_found("camera")
     stream = svc.hub.live(svc.config.api.publish_app, camera.id)

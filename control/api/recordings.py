@@ -93,16 +93,11 @@ async def list_recordings(request: web.Request) -> web.StreamResponse:
         )
     if end is not None:
         conditions.append(Recording.started_at < _utc(end))
-    async with svc.store.reader() as session:
-        rows, total = await read_page(
-            session,
-            select(Recording).order_by(Recording.started_at, Recording.id),
-            Recording.__table__,
-            conditions,
-            q.limit,
-            q.offset,
-        )
-        items = [recording_view(row[0]) for row in rows]
+    statement = select(Recording).order_by(Recording.started_at, Recording.id)
+    rows, total = await svc.store.read(
+        lambda session: read_page(session, statement, Recording.__table__, conditions, q.limit, q.offset)
+    )
+    items = [recording_view(row[0]) for row in rows]
     return send(RecordingList(items=items, total=total, limit=q.limit, offset=q.offset))
 
 

@@ -110,11 +110,11 @@ async def list_tokens(request: web.Request) -> web.StreamResponse:
         if q.user_id is not None and q.user_id != who.user_id:
             raise ApiError(403, "forbidden", "you can only list your own tokens")
         conditions.append(ApiToken.user_id == who.user_id)
-    async with svc.store.reader() as session:
-        rows, total = await read_page(
-            session, select(ApiToken).order_by(ApiToken.id), ApiToken.__table__, conditions, q.limit, q.offset
-        )
-        items = [token_view(row[0]) for row in rows]
+    statement = select(ApiToken).order_by(ApiToken.id)
+    rows, total = await svc.store.read(
+        lambda session: read_page(session, statement, ApiToken.__table__, conditions, q.limit, q.offset)
+    )
+    items = [token_view(row[0]) for row in rows]
     return send(TokenList(items=items, total=total, limit=q.limit, offset=q.offset))
 
 

@@ -76,11 +76,11 @@ async def list_users(request: web.Request) -> web.StreamResponse:
         conditions.append(User.role == q.role.value)
     if q.q:
         conditions.append(User.username.contains(q.q.lower(), autoescape=True))
-    async with svc.store.reader() as session:
-        rows, total = await read_page(
-            session, select(User).order_by(User.id), User.__table__, conditions, q.limit, q.offset
-        )
-        items = [UserOut.model_validate(row[0]) for row in rows]
+    statement = select(User).order_by(User.id)
+    rows, total = await svc.store.read(
+        lambda session: read_page(session, statement, User.__table__, conditions, q.limit, q.offset)
+    )
+    items = [UserOut.model_validate(row[0]) for row in rows]
     return send(UserList(items=items, total=total, limit=q.limit, offset=q.offset))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from prometheus_client import CollectorRegistry
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
@@ -113,5 +114,67 @@ async def test_sqlite_readers_keep_their_connections_under_load(tmp_path: Path) 
             assert await asyncio.gather(*(read() for _ in range(8))) == [1] * 8
         assert len(opened) == 8
         assert store.read_engine.sync_engine.pool.checkedin() == 8  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+def _reads(registry: CollectorRegistry, path: str) -> float | None:
+    return registry.get_sample_value("mediaserver_db_reads_total", {"path": path})
+
+
+async def test_short_reads_run_inline_on_sqlite_and_move_to_a_thread_over_budget(tmp_path: Path) -> None:
+    """A page-sized read runs on the calling thread; one that outlasts its budget is interrupted by SQLite and
+    run again on a connection thread (same answer); a read that fails for any other reason fails as it is."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    registry = CollectorRegistry()
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}", inline_read_budget=0.005, registry=registry)
+    drivers: list[str] = []  # pysqlite: on the calling thread; aiosqlite: on a connection thread
+    # About a second of SQLite work on this machine: far over the 5 ms budget.
+    heavy = text(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) SELECT count(*) FROM n"
+    )
+
+    def light(session: Session) -> int:
+        drivers.append(session.get_bind().dialect.driver)
+        return int(session.execute(text("SELECT 41 + 1")).scalar_one())
+
+    def long(session: Session) -> int:
+        drivers.append(session.get_bind().dialect.driver)
+        return int(session.execute(heavy).scalar_one())
+
+    try:
+        await store.migrate()
+        assert await store.read(light) == 42
+        assert drivers == ["pysqlite"]
+        assert _reads(registry, "inline") == 1
+        drivers.clear()
+        assert await store.read(long) == 3_000_000
+        assert drivers == ["pysqlite", "aiosqlite"]
+        assert _reads(registry, "over_budget") == 1
+        with pytest.raises(OperationalError, match="no such table"):
+            await store.read(lambda session: session.execute(text("SELECT * FROM missing")).all())
+        assert await store.read(light) == 42  # the inline connection is still good
+    finally:
+        await store.close()
+
+
+async def test_short_reads_on_every_backend(database_url: str) -> None:
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from control.store import Camera
+
+    registry = CollectorRegistry()
+    store = Store(database_url, registry=registry)
+
+    def count(session: Session) -> int:
+        return int(session.execute(select(func.count()).select_from(Camera)).scalar_one())
+
+    try:
+        assert await store.read(count) >= 0
+        assert _reads(registry, "inline" if database_url.startswith("sqlite") else "async") == 1
     finally:
         await store.close()
