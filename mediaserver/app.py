@@ -208,7 +208,9 @@ class MediaServer:
             return
         if nodes is not None:
             # Every node knows every pulled camera: the one holding a camera's lease reads it.
-            self.pull.share_with_nodes(NodeLeases(nodes, self.pull.lease_lost), nodes.ttl / 3)
+            self.pull.share_with_nodes(
+                NodeLeases(nodes, self.pull.lease_lost), nodes.ttl / 3, config.cluster.pull_handover
+            )
         cluster = config.cluster
         self.registry = StreamRegistry(self.hub, self.link, nodes)
         self.edge = EdgeService(

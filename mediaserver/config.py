@@ -378,6 +378,9 @@ class ClusterConfig:
     secret: str = ""
     # Seconds a registry entry lives in Redis without its node's heartbeat (sent every third of it).
     registry_ttl: float = 6.0
+    # Seconds a node that holds a pulled camera's lease may go without reading it before it gives the lease to
+    # another node (its own route to the camera may be the broken one); 0: never.
+    pull_handover: float = 30.0
     # HLS and WHEP requests for a stream another node holds: "relay" (pull it here and serve it) or "redirect"
     # (307 to that node's advertise_http).
     http_mode: str = "relay"
@@ -488,6 +491,8 @@ class Config:
             raise ConfigError("cluster.workers must be within 0..256 (0: one per core)")
         if cluster.http_mode not in ("relay", "redirect"):
             raise ConfigError("cluster.http_mode must be 'relay' or 'redirect'")
+        if cluster.pull_handover < 0:
+            raise ConfigError("cluster.pull_handover must not be negative")
         if not (1 <= cluster.registry_ttl <= 300 and 0 < cluster.edge_wait <= 120 and 1 <= cluster.edge_idle <= 86400):
             raise ConfigError("cluster.registry_ttl within 1..300 s, edge_wait within 0..120 s, edge_idle 1..86400 s")
         for url, scheme in ((cluster.advertise_rtmp, "rtmp://"), (cluster.advertise_http, "http")):

@@ -114,10 +114,16 @@ class RedisRegistry:
         held = (kind, key)
         self._held.add(held)
         name = self._key(kind, key)
+        raw: bytes | str | None = None
         try:
-            if await self._redis.set(name, self._value, nx=True, px=self._ttl_ms):
-                return None
-            raw = await self._redis.get(name)
+            # The holder may let go between the SET and the GET: then try the SET again rather than take a key
+            # that nobody wrote for granted (the next heartbeat would find it missing and drop it).
+            for _ in range(3):
+                if await self._redis.set(name, self._value, nx=True, px=self._ttl_ms):
+                    return None
+                raw = await self._redis.get(name)
+                if raw is not None:
+                    break
         except (RedisError, OSError) as exc:
             self._failed("claim", exc)
             return None

@@ -8,7 +8,9 @@ wants a stream that is not live (the player waits for the first frames), and a s
 
 With several nodes, an always-on source is read by the node that holds its lease (`SourceLeases`, in Redis):
 the others leave it alone (state `elsewhere`) and try again every `retry` seconds, so a camera is read once
-and another node takes it over within the lease's TTL of its reader's death."""
+and another node takes it over within the lease's TTL of its reader's death. A holder that cannot read its
+camera for `handover` seconds (its network may be the one that is cut) gives the lease back and leaves it to
+the others for a few retries before it competes for it again."""
 
 from __future__ import annotations
 
@@ -80,6 +82,11 @@ class PullService:
         self.leases: SourceLeases | None = None
         self._lease_check: BackgroundTask | None = None
         self._lease_tasks: set[asyncio.Task[None]] = set()
+        self._handover = 0.0
+        self._lease_rest = 0.0
+        # Leases this node handed over, by key: when (monotonic) it may compete for them again.
+        self._resting: dict[str, float] = {}
+        self.handovers = 0
         hub.listen(self._on_hub_event)
         hub.add_demand(self.demand)
         for entry in config.sources:
@@ -117,9 +124,13 @@ class PullService:
     def on_demand(self, source: PullSource) -> bool:
         return any(fnmatch.fnmatchcase(source.key, pattern) for pattern in self._on_demand)
 
-    def share_with_nodes(self, leases: SourceLeases, retry: float) -> None:
-        """Read an always-on source only while this node holds its lease; look for free ones every `retry` s."""
+    def share_with_nodes(self, leases: SourceLeases, retry: float, handover: float = 0.0) -> None:
+        """Read an always-on source only while this node holds its lease; look for free ones every `retry` s;
+        hand a lease over after `handover` s without reading its camera (0: never)."""
         self.leases = leases
+        self._handover = handover
+        # Long enough for every other node to have had a few tries at the lease.
+        self._lease_rest = 3 * retry
         self._lease_check = BackgroundTask.every(retry, self._take_free_leases, "pull_leases")
 
     def start(self) -> None:
@@ -150,10 +161,20 @@ class PullService:
             await self.leases.give_back(source.key)
 
     async def _take_free_leases(self) -> None:
-        """Start each leased source that is not running once its lease is this node's."""
+        """Start each leased source that is not running once its lease is this node's; hand over the leases of
+        sources this node has not been able to read for `handover` seconds."""
+        now = time.monotonic()
         for source in self.sources:
-            if self.leases is None or not self._running or source.running or not self._leased(source):
+            if self.leases is None or not self._running or not self._leased(source):
                 continue
+            if source.running:
+                failing = source.failing_since
+                if self._handover > 0 and failing is not None and now - failing >= self._handover:
+                    await self._hand_over(source, now)
+                continue
+            if self._resting.get(source.key, 0.0) > now:
+                continue
+            self._resting.pop(source.key, None)
             holder = await self.leases.take(source.key)
             if self._sources.get((source.app, source.name)) is not source or source.running or not self._running:
                 continue
@@ -163,6 +184,18 @@ class PullService:
             elif source.state != "elsewhere":
                 log.info("event=pull_elsewhere stream=%s node=%s", source.key, holder)
                 source.state = "elsewhere"
+
+    async def _hand_over(self, source: PullSource, now: float) -> None:
+        log.warning(
+            "event=pull_lease_handed_over stream=%s url=%s failing_seconds=%.0f error=%s",
+            source.key,
+            source.shown,
+            now - (source.failing_since or now),
+            source.last_error or "-",
+        )
+        self.handovers += 1
+        self._resting[source.key] = now + self._lease_rest
+        await self._stop_source(source)  # gives the lease back
 
     def lease_lost(self, key: str) -> None:
         """Another node reads `key` now (both took its lease while Redis was away): stop reading it here."""
@@ -279,3 +312,8 @@ class _PullCollector(Collector):
         packets = CounterMetricFamily("mediaserver_pull_packets", "Media packets read from pulled sources")
         packets.add_metric([], sum(s.packets for s in self._service.sources))
         yield packets
+        yield CounterMetricFamily(
+            "mediaserver_pull_lease_handovers",
+            "Pull leases this node gave back because it could not read the camera (another node may)",
+            value=self._service.handovers,
+        )

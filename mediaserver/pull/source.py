@@ -105,6 +105,8 @@ class PullSource:
         self.settings = settings
         self.state = "connecting"
         self.last_error = ""
+        # Since when (monotonic) it has been started but not online: None while online or stopped.
+        self.failing_since: float | None = None
         self.sessions = 0
         self.packets = 0
         self._on_state = on_state
@@ -130,12 +132,14 @@ class PullSource:
         self._stopping.clear()
         self._restart.clear()
         self.state = "connecting"
+        self.failing_since = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name=f"pull-{self.name}"[:15], daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
         self._stopping.set()
+        self.failing_since = None
         thread, self._thread = self._thread, None
         if thread is not None:
             # The demuxer notices within its read timeout.
@@ -154,6 +158,10 @@ class PullSource:
 
     def _set_state(self, state: str, error: str = "") -> None:
         self.state = state
+        if state == "online":
+            self.failing_since = None
+        elif self.failing_since is None and self.running:
+            self.failing_since = time.monotonic()
         if error:
             self.last_error = error
         if self._on_state is not None:

@@ -251,3 +251,60 @@ async def test_a_heartbeat_renews_only_its_own_keys_and_tells_of_the_lost_ones()
         await client.aclose()
         await a.stop()
         await b.stop()
+
+
+async def test_a_lease_holder_that_cannot_read_its_camera_hands_the_lease_over() -> None:
+    """Node A holds a pulled camera's lease but its route to the camera is cut (here: a port nobody listens on):
+    after `pull_handover` seconds without reading it, A gives the lease back and leaves it alone for a while, so
+    node B takes the camera; B failing in turn hands it back. Real Redis, real pulling sessions."""
+    import socket
+
+    from mediaserver.cluster.redis_registry import LEASE, NodeEntry, NodeLeases, RedisRegistry
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]  # closed again: connections there are refused
+    url, prefix, ttl = "redis://127.0.0.1:6379/0", f"test-handover-{os.urandom(4).hex()}:", 0.6
+    env = {
+        "MEDIASERVER_PULL_SOURCES": f"live/door=rtmp://127.0.0.1:{dead}/live/src",
+        "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true",
+        "MEDIASERVER_PULL_RECONNECT_MIN": "0.1",
+        "MEDIASERVER_PULL_RECONNECT_MAX": "0.2",
+    }
+    config = load_config(None, env)
+    nodes, services = [], []
+    for name in ("a", "b"):
+        registry = RedisRegistry(url, prefix, NodeEntry(name, 0, f"rtmp://{name}", f"http://{name}"), ttl)
+        service = PullService(Hub(), config.pull, CollectorRegistry())
+        service.share_with_nodes(NodeLeases(registry, service.lease_lost), ttl / 3, handover=0.8)
+        nodes.append(registry)
+        services.append(service)
+    a, b = services
+    a_source, b_source = a.sources[0], b.sources[0]
+    from redis.asyncio import Redis
+
+    holder = Redis.from_url(url)  # the lease as Redis has it
+    lease = f"{prefix}{LEASE}:live/door"
+    try:
+        for registry in nodes:
+            registry.start()
+        a.start()
+        await _until(lambda: a_source.running, 2)
+        b.start()
+        await asyncio.sleep(0.5)  # B's lease retries find A's lease
+        assert b_source.state == "elsewhere" and not b_source.running
+        assert b'"node": "a"' in (await holder.get(lease) or b"")
+        # A fails to read for 0.8 s: it hands over, and B (every 0.2 s) takes the lease and tries the camera.
+        await _until(lambda: b_source.running, 3)
+        assert a.handovers == 1 and not a_source.running
+        assert b_source.sessions >= 1
+        assert b'"node": "b"' in (await holder.get(lease) or b"")
+        # A rests for three retries and does not take the lease back while B holds it; B failing hands it back.
+        await _until(lambda: b.handovers == 1 and a_source.running, 4)
+        assert b'"node": "a"' in (await holder.get(lease) or b"")
+    finally:
+        for service in services:
+            await service.stop()
+        for registry in nodes:
+            await registry.stop()
+        await holder.aclose()
