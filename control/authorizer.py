@@ -80,8 +80,7 @@ class DatabaseAuthorizer:
         self.lookups += 1
         query = select(Camera.id, Camera.stream_key, Camera.enabled, Camera.private)
         query = query.where(Camera.stream_key == by_key) if by_key is not None else query.where(Camera.id == by_id)
-        async with self._store.reader() as session:
-            row = (await session.execute(query)).first()
+        row = await self._store.read(lambda session: session.execute(query).first())
         if row is None:
             return None
         camera = CameraAuth(row.id, row.stream_key, row.enabled, row.private)
@@ -141,6 +140,18 @@ class DatabaseAuthorizer:
             fresh, _ = self._tokens.issue_play(camera.id)
             return StreamGrant(app, stream, camera_id=camera.id, credential=fresh, credential_ttl=self._tokens.play_ttl)
         return StreamGrant(app, stream, camera_id=camera.id)
+
+    def play_now(self, app: str, name: str, peer: str) -> AuthResult | None:
+        """`authorize_play` without credentials, from the cache alone: the grant of a public camera it holds;
+        None when it would look the camera up, or the camera is private (its token must be checked)."""
+        if app != self.app:
+            return None
+        rung = split_rung_stream(name, self._rungs)
+        cached = self._by_id.get(rung[0] if rung is not None else name)
+        if cached is None or cached[1] <= time.monotonic() or cached[0].private:
+            return None
+        camera = cached[0]
+        return StreamGrant(app, name if rung is not None else camera.id, camera_id=camera.id)
 
     async def _deny(self, peer: str, reason: str, app: str, key: str, camera_id: str = "") -> Denied:
         ip = peer_ip(peer)

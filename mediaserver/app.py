@@ -29,6 +29,7 @@ from mediaserver.hls.segmenter import HlsSettings
 from mediaserver.hls.service import HlsService
 from mediaserver.http.access import OpenStats, PlayAccess, StatsGate
 from mediaserver.http.app import create_app
+from mediaserver.http.fastpath import FastFront
 from mediaserver.hub import Hub, HubView
 from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
@@ -114,6 +115,8 @@ class MediaServer:
         self._servers: list[asyncio.Server] = []
         self._stop_requested = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.http_front: FastFront | None = None
+        self._http_server: asyncio.Server | None = None
         self.hls: HlsService | None = None
         routes = []
         recording = config.recording
@@ -275,9 +278,17 @@ class MediaServer:
         self._runner = web.AppRunner(self.http_app, access_log=None, handle_signals=False)
         await self._runner.setup()
         http = self.config.http
-        site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True, reuse_port=shared or None)
-        await site.start()
-        log.info("event=listening protocol=http address=%s:%d", http.host, http.port)
+        if http.front and self.hls is not None and self.config.hls.enabled and self._runner.server is not None:
+            # HLS hits are answered by the front; every other request, with its connection, by aiohttp.
+            self.http_front = FastFront(self.hls, self._runner.server, self.metrics.registry)
+            self._http_server = await asyncio.get_running_loop().create_server(
+                self.http_front, http.host, http.port, reuse_address=True, reuse_port=shared or None, backlog=1024
+            )
+        else:
+            site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True, reuse_port=shared or None)
+            await site.start()
+        front = self.http_front is not None
+        log.info("event=listening protocol=http address=%s:%d front=%s", http.host, http.port, front)
         if role is not None:
             # The other workers' way in: RTMP plays for edge copies, forwarded HTTP requests.
             internal = RtmpContext(self.config.rtmp, self.hub, InternalPlayOnly(), self.metrics)
@@ -291,6 +302,8 @@ class MediaServer:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self._http_server is not None:
+            self._http_server.close()
         if self.edge is not None:
             await self.edge.stop()
         if self.machine_hub is not None:
@@ -310,9 +323,14 @@ class MediaServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self.http_front is not None:
+            self.http_front.close_connections()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # closes the connections handed to aiohttp too
             self._runner = None
+        if self._http_server is not None:
+            await self._http_server.wait_closed()
+            self._http_server = None
         if self.gateway is not None:
             await self.gateway.close()
         if self.registry is not None:

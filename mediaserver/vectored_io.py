@@ -33,3 +33,16 @@ def write_all(fd: int, chunks: Sequence[Buffer], offset: int | None = None) -> i
         if written:
             views[first] = views[first][written:]
     return total
+
+
+def past(chunks: Sequence[Buffer], skip: int) -> list[Buffer]:
+    """The buffers that follow the first `skip` bytes of `chunks` (a view where one is cut), without copying."""
+    rest: list[Buffer] = []
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        if skip:
+            chunk, skip = memoryview(chunk)[skip:], 0
+        rest.append(chunk)
+    return rest

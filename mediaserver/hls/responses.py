@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from multidict import CIMultiDict
 from mediaserver.hls import playlist
 from mediaserver.hls.segmenter import HlsStream
 from mediaserver.hls.spill import SpilledRange, send_spilled
+from mediaserver.http.fastpath import prepared_head
+from mediaserver.vectored_io import past
 
 Buffer = bytes | memoryview
 
@@ -57,6 +60,30 @@ def _media_headers(content_type: str) -> CIMultiDict[str]:
 
 _MEDIA_HEADERS = {"init": _media_headers("video/mp4"), "part": _media_headers("video/iso.segment")}
 _MEDIA_HEADERS["segment"] = _MEDIA_HEADERS["part"]
+# What the control plane's middleware adds to every answer outside /api/: the front's answers carry it too.
+_FRONT_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
+# The front's media answers, up to their Content-Length.
+_MEDIA_HEADS = {
+    kind: prepared_head("200 OK", (*headers.items(), *_FRONT_HEADERS)) for kind, headers in _MEDIA_HEADERS.items()
+}
+
+
+def error_answer(status: str, code: str, message: str) -> tuple[bytes, bytes]:
+    """The front's head and body of an HLS error answer, as `HlsService._error` makes them."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers = (
+        ("Content-Type", "application/json; charset=utf-8"),
+        ("Access-Control-Allow-Origin", "*"),
+        ("Cache-Control", "no-cache"),
+        *_FRONT_HEADERS,
+        ("Content-Length", str(len(body))),
+    )
+    return prepared_head(status, headers), body
+
+
+def media_head(kind: str, size: int) -> bytes:
+    """The front's status line and headers of a whole init segment, part or segment of `size` bytes."""
+    return _MEDIA_HEADS[kind] + b"Content-Length: %d\r\n" % size
 
 
 @dataclass(slots=True)
@@ -99,15 +126,7 @@ class Buffers(Payload):
             send_headers = getattr(writer, "send_headers", None)  # aiohttp < 3.12 writes headers at once anyway
             if send_headers is not None:
                 send_headers()
-        skip = self._sendfile(writer) if self._file is not None else 0
-        rest: list[Buffer] = []
-        for chunk in self._chunks:
-            if skip >= len(chunk):
-                skip -= len(chunk)
-                continue
-            if skip:
-                chunk, skip = memoryview(chunk)[skip:], 0
-            rest.append(chunk)
+        rest = past(self._chunks, self._sendfile(writer) if self._file is not None else 0)
         if not rest:
             return
         # The first buffer goes through the writer (held headers leave with it); the others, a part's samples
@@ -172,7 +191,7 @@ def media_response(
 class PlaylistVariant:
     """One encoding of a rendered playlist: its body and its two header sets (blocking reload or not)."""
 
-    __slots__ = ("blocking", "body", "reload")
+    __slots__ = ("blocking", "blocking_head", "body", "reload", "reload_head")
 
     def __init__(self, body: bytes, gzipped: bool) -> None:
         self.body = body
@@ -184,6 +203,9 @@ class PlaylistVariant:
         self.reload[hdrs.CACHE_CONTROL] = _RELOAD_CACHE
         self.blocking = headers
         self.blocking[hdrs.CACHE_CONTROL] = _BLOCKING_CACHE
+        # The front's answers to a plain and to a blocking reload.
+        self.reload_head = prepared_head("200 OK", (*self.reload.items(), *_FRONT_HEADERS))
+        self.blocking_head = prepared_head("200 OK", (*self.blocking.items(), *_FRONT_HEADERS))
 
     def response(self, blocking: bool) -> web.Response:
         return web.Response(body=self.body, headers=self.blocking if blocking else self.reload)

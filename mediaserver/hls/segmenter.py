@@ -478,18 +478,9 @@ class HlsStream:
         A written-out segment is read back whole, once for every viewer that asks for it meanwhile, and kept
         for the next ones while it is among the `_READ_BACK` segments read most recently: plain players all
         fetch the newest segment, so a stream with such viewers holds about one segment, one without none."""
-        spilled = segment.spilled
-        spill = self._spill
-        if spilled is None or spill is None:
-            return segment.chunks(start, end)
-        read = self._read_back.get(segment.msn)
+        read = self._read_back_of(segment)
         if read is None:
-            read = asyncio.ensure_future(spill.read(spilled, 0, spilled.length))
-            self._read_back[segment.msn] = read
-            while len(self._read_back) > _READ_BACK:
-                self._read_back.popitem(last=False)
-        else:
-            self._read_back.move_to_end(segment.msn)
+            return segment.chunks(start, end)
         try:
             # Shielded: a viewer that goes away must not cancel the read the others wait for.
             data = await asyncio.shield(read)
@@ -498,6 +489,38 @@ class HlsStream:
                 del self._read_back[segment.msn]
             raise
         return [data if (start, end) == (0, len(data)) else memoryview(data)[start:end]]
+
+    def read_now(
+        self, segment: Segment, start: int, end: int
+    ) -> list[bytes | memoryview] | asyncio.Future[bytes] | None:
+        """As `read`, without waiting: the bytes, or the read-back to wait for first, or None when it failed."""
+        read = self._read_back_of(segment)
+        if read is None:
+            return segment.chunks(start, end)
+        if not read.done():
+            return read
+        if read.cancelled() or read.exception() is not None:
+            if self._read_back.get(segment.msn) is read:
+                del self._read_back[segment.msn]
+            return None
+        data = read.result()
+        return [data if (start, end) == (0, len(data)) else memoryview(data)[start:end]]
+
+    def _read_back_of(self, segment: Segment) -> asyncio.Future[bytes] | None:
+        """The shared read-back of a written-out segment (started now if it is not under way); None in memory."""
+        spilled = segment.spilled
+        spill = self._spill
+        if spilled is None or spill is None:
+            return None
+        read = self._read_back.get(segment.msn)
+        if read is None:
+            read = asyncio.ensure_future(spill.read(spilled, 0, spilled.length))
+            self._read_back[segment.msn] = read
+            while len(self._read_back) > _READ_BACK:
+                self._read_back.popitem(last=False)
+        else:
+            self._read_back.move_to_end(segment.msn)
+        return read
 
     def close(self) -> None:
         """The stream's playlist is gone for good: let its written-out segments go."""
@@ -519,6 +542,10 @@ class HlsStream:
     async def wait_change(self, timeout: float) -> bool:
         """Whether the stream changed within `timeout` seconds (all the waiters wake on the same change)."""
         return await self._waiters.wait(timeout)
+
+    def change_future(self, timeout: float) -> asyncio.Future[bool]:
+        """`wait_change`'s future, for a caller that does not await (the HTTP front)."""
+        return self._waiters.future(timeout)
 
     @property
     def last_msn(self) -> int:

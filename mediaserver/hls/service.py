@@ -8,10 +8,12 @@ integers the collector reports, and blocked LL-HLS reloads all wake on the one c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -23,11 +25,12 @@ from mediaserver.background import BackgroundTask
 from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.fragments import FragmentListener
 from mediaserver.hls import playlist
-from mediaserver.hls.responses import Buffer, PlaylistCache, ServeStats, media_response
+from mediaserver.hls.responses import Buffer, PlaylistCache, ServeStats, error_answer, media_head, media_response
 from mediaserver.hls.segmenter import HlsSettings, HlsStream, Segment, SegmenterStats
 from mediaserver.hls.spill import SpillWriter
 from mediaserver.http.access import PlayAccess, set_play_cookie
 from mediaserver.http.errors import error_response
+from mediaserver.http.fastpath import FastAnswer, FastRequest
 from mediaserver.hub import Hub
 
 log = logging.getLogger("mediaserver.hls")
@@ -36,6 +39,9 @@ _FILE = re.compile(r"^(?:init-(\d{1,9})\.mp4|seg-(\d{1,19})\.m4s|part-(\d{1,19})
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # A viewer counts as watching while it made a request this recently.
 _VIEWER_WINDOW = 30.0
+_NOT_READY = error_answer("503 Service Unavailable", "not_ready", "the requested part did not arrive in time")
+# The query parameters of a blocking reload the front answers (any other, a credential say, is aiohttp's).
+_BLOCKING_PARAMS = frozenset(("_HLS_msn", "_HLS_part", "_HLS_skip"))
 
 
 class HlsService:
@@ -243,6 +249,119 @@ class HlsService:
         if grant.credential is not None:
             set_play_cookie(request, response, grant)
         return response
+
+    # ----- the HTTP front (`http.fastpath`): the same answers for the common requests, without aiohttp --------
+
+    def answer(self, request: FastRequest) -> FastAnswer | asyncio.Future[Any] | None:
+        """A plain reload of a live playlist, or an init segment, part or segment held now, for a play the
+        authorizer grants without waiting; None for everything else (aiohttp's routes above answer it,
+        errors and waits included)."""
+        parts = request.path.split("/")
+        if len(parts) != 5 or parts[1] != "hls" or parts[0]:
+            return None
+        grant = self.play_access.check_now(parts[2], parts[3], request.peer)
+        if grant is None:
+            return None
+        live = self.hub.get(grant.app, grant.name)
+        stream = self.streams.get(f"{grant.app}/{grant.name}")
+        # Only streams held here: one held by another worker is forwarded (the gateway, in aiohttp).
+        if live is None or live.is_copy or stream is None:
+            return None
+        file = parts[4]
+        if file == "index.m3u8":
+            return self._playlist_now(request, grant, stream)
+        if request.query:
+            return None
+        match = _FILE.match(file)
+        if match is None:
+            return None
+        init_id, seg_msn, part_msn, part_index = match.groups()
+        if init_id is not None:
+            init = stream.inits.get(int(init_id))
+            if init is None:
+                return None
+            self.bytes_served["init"] += len(init)
+            return FastAnswer(media_head("init", len(init)), (init,), len(init))
+        if seg_msn is not None:
+            segment = stream.find_segment(int(seg_msn))
+            if segment is None or not segment.complete:
+                return None
+            return self._media_now(stream, segment, 0, segment.size, "segment")
+        msn, index = int(part_msn), int(part_index)
+        segment = stream.find_segment(msn)
+        if segment is None or index >= len(segment.parts):
+            # The part the preload hint announced: wait for it as `_wait_part` does (aiohttp answers the rest).
+            current = stream.current
+            is_next = (current is not None and current.msn == msn and index == len(current.parts)) or (
+                msn == stream.last_msn + 1 and index == 0
+            )
+            remaining = request.since + 3 * playlist.target_duration(stream) - asyncio.get_running_loop().time()
+            if stream.ended or not is_next or remaining <= 0:
+                return None
+            return stream.change_future(remaining)
+        part = segment.parts[index]
+        return self._media_now(stream, segment, part.offset, part.offset + part.size, "part")
+
+    def _playlist_now(
+        self, request: FastRequest, grant: StreamGrant, stream: HlsStream
+    ) -> FastAnswer | asyncio.Future[Any] | None:
+        """`handle_playlist` for a live stream with a segment, plain or blocking reload."""
+        msn = part = None
+        skip = False
+        if request.query:
+            params: dict[str, str] = {}
+            for pair in request.query.split("&"):
+                name, _, value = pair.partition("=")
+                if name not in _BLOCKING_PARAMS or name in params:
+                    return None
+                params[name] = value
+            try:
+                msn = _query_int(params.get("_HLS_msn"))
+                part = _query_int(params.get("_HLS_part"))
+            except ValueError:
+                return None
+            skip_value = params.get("_HLS_skip")
+            if skip_value not in (None, "YES", "v2") or (part is not None and msn is None):
+                return None
+            skip = skip_value is not None
+        if not stream.segments:
+            return None  # aiohttp waits for the first segment
+        if msn is not None:
+            if msn > stream.last_msn + 2:
+                return None
+            if not stream.ended and not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
+                waited = asyncio.get_running_loop().time() - request.since
+                remaining = 3 * playlist.target_duration(stream) - waited
+                if remaining > 0:
+                    return stream.change_future(remaining)
+                self._playlist_wait.observe(waited)
+                self.request_errors.labels("503").inc()
+                head, body = _NOT_READY
+                return FastAnswer(head, (body,), len(body))
+            self._playlist_wait.observe(asyncio.get_running_loop().time() - request.since)
+        self.hub.want(grant.app, grant.name)
+        self._viewers[(stream.key, request.peer, request.user_agent)] = time.monotonic()
+        self.playlist_requests["no" if msn is None else "yes"] += 1
+        variant = self.playlists.get(stream, self._renditions_of(stream), skip, "gzip" in request.accept_encoding)
+        self.bytes_served["playlist"] += len(variant.body)
+        head = variant.reload_head if msn is None else variant.blocking_head
+        return FastAnswer(head, (variant.body,), len(variant.body))
+
+    def _media_now(
+        self, stream: HlsStream, segment: Segment, first: int, last: int, kind: str
+    ) -> FastAnswer | asyncio.Future[Any] | None:
+        chunks = stream.read_now(segment, first, last)
+        if chunks is None or isinstance(chunks, asyncio.Future):
+            return chunks  # a read-back to wait for (its bytes are not looked at)
+        size = last - first
+        self.bytes_served[kind] += size
+        spilled = segment.spilled
+        if spilled is None:
+            return FastAnswer(media_head(kind, size), chunks, size)
+        return FastAnswer(media_head(kind, size), chunks, size, spilled, first, self._sent_from_file)
+
+    def _sent_from_file(self, sent: int) -> None:
+        self.serve_stats.sendfile_bytes += sent
 
     def _renditions_of(self, stream: HlsStream) -> list[HlsStream]:
         """The streams of the other renditions of `stream`'s picture that have a playlist here."""

@@ -26,13 +26,17 @@ class ChangeWaiters:
 
     async def wait(self, timeout: float) -> bool:
         """True once `wake` is called, False if `timeout` seconds pass first."""
+        # A waiter cancelled (its request gone) is its own future cancelled: the others do not notice.
+        return await self.future(timeout)
+
+    def future(self, timeout: float) -> asyncio.Future[bool]:
+        """The future `wait` awaits: True once `wake` is called, False if `timeout` seconds pass first."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiting.append((loop.time() + timeout, waiter))
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP, self._sweep, loop)
-        # A waiter cancelled (its request gone) is its own future cancelled: the others do not notice.
-        return await waiter
+        return waiter
 
     def wake(self) -> None:
         """Wake everyone waiting now."""

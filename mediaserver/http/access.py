@@ -12,12 +12,12 @@ plane anyone may read them; the control plane installs a gate that authenticates
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter
 
-from mediaserver.auth import AllowAll, Authorizer, Denied, StreamGrant
+from mediaserver.auth import AllowAll, Authorizer, AuthResult, Denied, StreamGrant
 
 log = logging.getLogger("mediaserver.http.access")
 
@@ -29,6 +29,12 @@ WANTS_CREDENTIAL = "_credential"
 _OPEN_GRANTS = 1024
 # The permission name the gated stats routes need (the control plane's matrix knows it).
 SYSTEM_READ = "system:read"
+
+
+@runtime_checkable
+class QuickPlay(Protocol):
+    def play_now(self, app: str, name: str, peer: str) -> AuthResult | None:
+        """The answer to a play that carries no credential, when it is known without I/O; None otherwise."""
 
 
 class StatsGate(Protocol):
@@ -81,6 +87,8 @@ class PlayAccess:
     def __init__(self, authorizer: Authorizer, registry: CollectorRegistry) -> None:
         self.authorizer = authorizer
         self._open_grants: dict[tuple[str, str], StreamGrant] = {}
+        # An authorizer that can answer a credential-less play from what it already knows (`QuickPlay`).
+        self._play_now = authorizer.play_now if isinstance(authorizer, QuickPlay) else None
         self.denied = Counter(
             "mediaserver_play_denied", "Play requests refused by the authorizer", ["protocol"], registry=registry
         )
@@ -90,14 +98,7 @@ class PlayAccess:
         match_info = request.match_info
         app, name = match_info["app"], match_info["name"]
         if type(self.authorizer) is AllowAll:
-            # It grants every play whatever the request carries: nothing to collect, nothing to ask (thousands of
-            # HLS requests a second come this way), and the same grant again (grants are frozen).
-            grant = self._open_grants.get((app, name))
-            if grant is None:
-                if len(self._open_grants) >= _OPEN_GRANTS:
-                    self._open_grants.clear()
-                grant = self._open_grants[(app, name)] = StreamGrant(app, name)
-            return grant
+            return self._open_grant(app, name)
         params = credentials(request)
         if credential:
             params[WANTS_CREDENTIAL] = "1"
@@ -108,6 +109,26 @@ class PlayAccess:
                 "event=play_denied protocol=%s app=%s peer=%s reason=%s", protocol, app, request.remote, result.reason
             )
         return result
+
+    def _open_grant(self, app: str, name: str) -> StreamGrant:
+        # AllowAll grants every play whatever the request carries: nothing to collect, nothing to ask (thousands
+        # of HLS requests a second come this way), and the same grant again (grants are frozen).
+        grant = self._open_grants.get((app, name))
+        if grant is None:
+            if len(self._open_grants) >= _OPEN_GRANTS:
+                self._open_grants.clear()
+            grant = self._open_grants[(app, name)] = StreamGrant(app, name)
+        return grant
+
+    def check_now(self, app: str, name: str, peer: str) -> StreamGrant | None:
+        """The grant of a play that carries no credential, when the authorizer knows it without waiting; None
+        when it would have to look (or refuses, or hands a credential back): then `check` answers."""
+        if type(self.authorizer) is AllowAll:
+            return self._open_grant(app, name)
+        if self._play_now is None:
+            return None
+        result = self._play_now(app, name, peer)
+        return result if isinstance(result, StreamGrant) and result.credential is None else None
 
 
 def set_play_cookie(request: web.Request, response: web.StreamResponse, grant: StreamGrant) -> None:

@@ -1,0 +1,191 @@
+"""The HTTP front (`mediaserver.http.fastpath`) in a real server, over raw sockets: what it answers, what it hands to
+aiohttp with the connection (another route, pipelined requests, a Range, a malformed request, HTTP/1.0), and that
+every answer arrives once, whole and in order."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ServerProcess, ffmpeg_publish, wait_for_stream
+from tests.e2e.test_hls import wait_playlist
+
+BASE = "/hls/live/front/"
+
+
+def _front(server: ServerProcess) -> tuple[float, float]:
+    text = server.get_text("/metrics")
+    answered = re.search(r'^mediaserver_http_front_requests_total\{path="answered"\} (\S+)$', text, re.M)
+    handed = re.search(r'^mediaserver_http_front_requests_total\{path="handed_over"\} (\S+)$', text, re.M)
+    assert answered is not None and handed is not None
+    return float(answered.group(1)), float(handed.group(1))
+
+
+class Connection:
+    """One kept-alive connection, answers read one at a time (status, lower-cased headers, body)."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> tuple[int, dict[str, str], bytes]:
+        status_line = self.file.readline()
+        assert status_line.startswith(b"HTTP/1."), status_line
+        status = int(status_line.split()[1])
+        headers: dict[str, str] = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = self.file.read(int(headers.get("content-length", "0")))
+        return status, headers, body
+
+    def get(self, path: str, extra: str = "") -> tuple[int, dict[str, str], bytes]:
+        self.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
+        return self.read()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def live(server: ServerProcess) -> Iterator[tuple[ServerProcess, str, str]]:
+    """A live stream with a few segments: the server, its newest complete segment's name and a part's."""
+    publisher = ffmpeg_publish(server.rtmp_url("live/front"), 40, size="640x360", rate=25, gop=25)
+    try:
+        wait_for_stream(server, "live", "front")
+        wait_playlist(server, BASE + "index.m3u8", 3, 30)
+        text = server.get_text(BASE + "index.m3u8")
+        segment = re.findall(r"^(seg-\d+\.m4s)$", text, re.M)[-1]
+        part = re.findall(r'#EXT-X-PART:[^\n]*URI="(part-\d+-\d+\.m4s)"', text)[0]
+        yield server, segment, part
+    finally:
+        publisher.kill()
+        publisher.wait()
+
+
+def test_front_answers_hls_then_hands_the_connection_to_aiohttp(live: tuple[ServerProcess, str, str]) -> None:
+    server, segment, part = live
+    answered, handed = _front(server)
+    conn = Connection(server)
+    try:
+        status, headers, playlist = conn.get(BASE + "index.m3u8")
+        assert status == 200 and playlist.startswith(b"#EXTM3U")
+        assert headers["content-type"].startswith("application/vnd.apple.mpegurl")
+        assert headers["cache-control"] == "no-cache" and headers["access-control-allow-origin"] == "*"
+        assert headers["server"] == "mediaserver" and "date" in headers
+        status, headers, gzipped = conn.get(BASE + "index.m3u8", "Accept-Encoding: gzip\r\n")
+        assert status == 200 and headers["content-encoding"] == "gzip" and gzipped[:2] == b"\x1f\x8b"
+        status, headers, whole = conn.get(BASE + segment)
+        assert status == 200 and headers["content-type"] == "video/iso.segment" and len(whole) > 1000
+        assert headers["cache-control"].startswith("public")
+        status, _, part_body = conn.get(BASE + part)
+        assert status == 200 and part_body
+        answered_now, handed_now = _front(server)
+        assert answered_now - answered == 4 and handed_now - handed == 1  # the one handed over: /metrics
+        # Another route on the same connection: aiohttp takes the connection over and answers it, then the rest.
+        status, _, body = conn.get("/healthz")
+        assert status == 200 and b"ok" in body
+        status, _, again = conn.get(BASE + segment)
+        assert status == 200 and again == whole
+        # A Range (aiohttp's): the same bytes as the front's whole answer.
+        ranged = Connection(server)
+        try:
+            status, headers, first = ranged.get(BASE + segment, "Range: bytes=0-99\r\n")
+            assert status == 206 and first == whole[:100] and headers["content-range"].endswith(f"/{len(whole)}")
+        finally:
+            ranged.close()
+        # Neither was the front's: the healthz request, the segment after it and the Range were handed over.
+        answered_later, handed_later = _front(server)
+        assert answered_later == answered_now and handed_later - handed_now == 3  # + /metrics again
+    finally:
+        conn.close()
+
+
+def test_pipelined_split_and_bad_requests(live: tuple[ServerProcess, str, str]) -> None:
+    server, segment, _ = live
+    # Two requests in one write: both answered, in order (by aiohttp, which takes pipelining).
+    conn = Connection(server)
+    try:
+        request = f"GET {BASE}index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\nGET {BASE}{segment} HTTP/1.1\r\nHost: x\r\n\r\n"
+        conn.send(request.encode())
+        first, second = conn.read(), conn.read()
+        assert first[0] == 200 and first[2].startswith(b"#EXTM3U")
+        assert second[0] == 200 and second[1]["content-type"] == "video/iso.segment"
+    finally:
+        conn.close()
+    # A request that arrives a few bytes at a time: answered whole, by the front.
+    answered, _ = _front(server)
+    conn = Connection(server)
+    try:
+        raw = f"GET {BASE}{segment} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\n\r\n".encode()
+        for i in range(0, len(raw), 7):
+            conn.send(raw[i : i + 7])
+            time.sleep(0.005)
+        status, _, body = conn.read()
+        assert status == 200 and len(body) > 1000
+        assert _front(server)[0] - answered >= 1
+    finally:
+        conn.close()
+    # Not HTTP: aiohttp's 400, and the server goes on.
+    conn = Connection(server)
+    try:
+        conn.send(b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+        assert conn.read()[0] == 400
+    finally:
+        conn.close()
+    # HTTP/1.0 (no keep-alive): aiohttp's answer, then the connection closes.
+    conn = Connection(server)
+    try:
+        conn.send(f"GET {BASE}index.m3u8 HTTP/1.0\r\n\r\n".encode())
+        status, _, body = conn.read()
+        assert status == 200 and body.startswith(b"#EXTM3U")
+        assert conn.file.read() == b""
+    finally:
+        conn.close()
+    # An unknown stream or file: aiohttp's JSON 404.
+    conn = Connection(server)
+    try:
+        status, headers, body = conn.get("/hls/live/nobody/index.m3u8")
+        assert status == 404 and headers["content-type"].startswith("application/json")
+    finally:
+        conn.close()
+    assert server.get_text(BASE + "index.m3u8").startswith("#EXTM3U")
+    # (aiohttp logs the garbage request's parse error at debug level, with its traceback: not an error.)
+    log = server.log()
+    assert "level=ERROR" not in log and "fastpath.py" not in log, log[-3000:]
+
+
+def test_front_holds_blocking_reloads_and_the_hinted_part(live: tuple[ServerProcess, str, str]) -> None:
+    """LL-HLS on one connection, all answered by the front: a blocking reload for the preload hint's part waits for
+    it, then the hinted part itself (asked before it exists) arrives whole."""
+    server, _, _ = live
+    answered, handed = _front(server)
+    conn = Connection(server)
+    try:
+        status, _, text = conn.get(BASE + "index.m3u8")
+        hint = re.search(rb'PRELOAD-HINT:TYPE=PART,URI="part-(\d+)-(\d+)\.m4s"', text)
+        assert status == 200 and hint is not None
+        msn, part = int(hint.group(1)), int(hint.group(2))
+        status, headers, blocked = conn.get(BASE + f"index.m3u8?_HLS_msn={msn}&_HLS_part={part}")
+        assert status == 200 and headers["cache-control"] == "public, max-age=2"
+        assert f"part-{msn}-{part}.m4s".encode() in blocked or f"seg-{msn}.m4s".encode() in blocked
+        # The next hinted part, asked for before it is there.
+        hint = re.search(rb'PRELOAD-HINT:TYPE=PART,URI="(part-\d+-\d+\.m4s)"', blocked)
+        assert hint is not None
+        status, headers, body = conn.get(BASE + hint.group(1).decode())
+        assert status == 200 and headers["content-type"] == "video/iso.segment" and body
+        # Too far ahead: aiohttp's 400, on the connection it now holds.
+        status, _, _ = conn.get(BASE + f"index.m3u8?_HLS_msn={msn + 100}")
+        assert status == 400
+        now_answered, now_handed = _front(server)
+        assert now_answered - answered == 3 and now_handed - handed == 2  # this connection, and /metrics
+    finally:
+        conn.close()
