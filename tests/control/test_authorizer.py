@@ -75,8 +75,14 @@ async def test_play_private_needs_a_token(api: Api, admin: str) -> None:
     private = await api.camera(admin, name="private")
     public = await api.camera(admin, name="public", private=False)
     auth = api.plane.authorizer
+    # The HTTP front's question (no credential, no waiting): known only once the camera is cached, never private.
+    auth.invalidate()
+    assert auth.play_now("live", public["id"], "p:1") is None
     assert isinstance(await auth.authorize_play("live", public["id"], {}, "p:1"), StreamGrant)
+    assert auth.play_now("live", public["id"], "p:1") == StreamGrant("live", public["id"], camera_id=public["id"])
+    assert auth.play_now("other", public["id"], "p:1") is None
     assert await auth.authorize_play("live", private["id"], {}, "p:1") == Denied("bad_play_token")
+    assert auth.play_now("live", private["id"], "p:1") is None
     viewer = await api.token(Role.VIEWER)
     status, playback = await api.call("GET", f"/streaming/hls/{private['id']}", viewer)
     assert status == 200 and playback["protocol"] == "hls"

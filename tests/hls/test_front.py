@@ -4,10 +4,12 @@ every answer arrives once, whole and in order."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -189,3 +191,60 @@ def test_front_holds_blocking_reloads_and_the_hinted_part(live: tuple[ServerProc
         assert now_answered - answered == 3 and now_handed - handed == 2  # this connection, and /metrics
     finally:
         conn.close()
+
+
+def test_front_serves_a_public_camera_under_the_database_authorizer_and_leaves_private_ones_to_aiohttp(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """Database publish mode (the default): the first playlist of a public camera is aiohttp's (the authorizer
+    looks the camera up), the next ones the front's (it knows the camera now); a private camera's requests, which
+    need their play token checked, are always aiohttp's."""
+    server = server_factory({"MEDIASERVER_AUTH_PUBLISH_MODE": "database"})
+    token = server.admin_token()
+    cameras = {}
+    for name, private in (("public", False), ("private", True)):
+        body = json.dumps({"name": name, "private": private}).encode()
+        request = urllib.request.Request(
+            server.http_url("/api/v1/cameras"),
+            body,
+            {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            cameras[name] = json.loads(response.read())
+    publishers = [
+        ffmpeg_publish(server.rtmp_url(f"live/{camera['stream_key']}"), 30, size="320x240", rate=25, gop=25)
+        for camera in cameras.values()
+    ]
+    try:
+        public, private = cameras["public"]["id"], cameras["private"]["id"]
+        wait_for_stream(server, "live", public)
+        wait_for_stream(server, "live", private)
+        wait_playlist(server, f"/hls/live/{public}/index.m3u8", 2, 30)
+        answered, _ = _front(server)
+        conn = Connection(server)
+        try:
+            for _ in range(3):
+                status, _, body = conn.get(f"/hls/live/{public}/index.m3u8")
+                assert status == 200 and body.startswith(b"#EXTM3U")
+        finally:
+            conn.close()
+        assert _front(server)[0] - answered == 3
+        # The private camera: 403 without its token, 200 with it, and neither from the front.
+        answered, _ = _front(server)
+        conn = Connection(server)
+        try:
+            assert conn.get(f"/hls/live/{private}/index.m3u8")[0] == 403
+        finally:
+            conn.close()
+        request = urllib.request.Request(
+            server.http_url(f"/api/v1/streaming/hls/{private}"), headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            url = json.loads(response.read())["url"]
+        play = url[url.index("/hls/") :]
+        wait_playlist(server, play, 2, 30)
+        assert _front(server)[0] == answered
+    finally:
+        for publisher in publishers:
+            publisher.kill()
+            publisher.wait()
