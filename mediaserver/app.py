@@ -216,6 +216,10 @@ class MediaServer:
             )
         cluster = config.cluster
         self.registry = StreamRegistry(self.hub, self.link, nodes)
+        if self.link is not None:
+            # Players asking for a stopped on-demand camera in two workers at once: one starts it, the other plays
+            # it from there.
+            self.pull.claims = self.registry
         self.edge = EdgeService(
             self.hub,
             self.registry,

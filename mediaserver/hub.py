@@ -290,8 +290,11 @@ EDGE_PROTOCOL = "edge"
 DERIVED_PROTOCOLS = frozenset({"transcode", EDGE_PROTOCOL})
 # Subscribers that every stream has, whether anyone watches it or not.
 INTERNAL_SUBSCRIBERS = frozenset({"hls_segmenter"})
-# (app, name) -> whether the stream is live now, having been started for the asking player.
-DemandHandler = Callable[[str, str], Awaitable[bool]]
+# (app, name) -> whether the stream is live now, having been started for the asking player; or ELSEWHERE.
+DemandHandler = Callable[[str, str], Awaitable[bool | str]]
+# A demand handler's answer when another worker has just taken it upon itself to bring the stream: the handlers
+# are asked once more from the first (the edge copy, which can now pull it from there).
+ELSEWHERE = "elsewhere"
 
 
 class StreamTaken(Exception):
@@ -408,11 +411,19 @@ class Hub:
         and waited for (up to the source's wait time)."""
         self.want(app, name)
         stream = self.get(app, name)
-        for handler in self._demand:
-            if stream is not None:
+        for _ in range(2):
+            retry = False
+            for handler in self._demand:
+                if stream is not None:
+                    break
+                answer = await handler(app, name)
+                if answer == ELSEWHERE:
+                    retry = True
+                    break
+                if answer:
+                    stream = self.get(app, name)
+            if stream is not None or not retry:
                 break
-            if await handler(app, name):
-                stream = self.get(app, name)
         return stream
 
     def list(self) -> list[Stream]:

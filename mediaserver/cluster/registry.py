@@ -93,6 +93,15 @@ class StreamRegistry:
                         stream.publisher.peer, where)  # fmt: skip
             self.hub.kick(stream.app, stream.name, "stream_taken")
 
+    async def reserve(self, key: str) -> bool:
+        """`pull.service.StartClaims`: claim an on-demand stream before its source starts, so that players asking
+        in several workers at once start it once; the workers refused pull it from the claimant (edge copy)."""
+        return self.link is None or await self.link.claim(key) is None
+
+    def unreserve(self, key: str) -> None:
+        if self.link is not None and self.hub.streams.get(key) is None:
+            self.link.release(key)
+
     def local_owner(self, key: str) -> WorkerAddress | None:
         """The other worker of this machine that holds `key` (read from the mirror: no round trip)."""
         return self.link.owner(key) if self.link is not None else None

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from mediaserver.background import BackgroundTask
 from mediaserver.config import ConfigError, PullConfig
 from mediaserver.events import StreamEvent, StreamEventKind
-from mediaserver.hub import Hub
+from mediaserver.hub import ELSEWHERE, Hub
 from mediaserver.pull.source import PullSettings, PullSource
 
 log = logging.getLogger("mediaserver.pull")
@@ -53,6 +53,16 @@ class SourceLeases(Protocol):
         """None when this node may read `key` (it holds the lease now); else the node that does."""
 
     async def give_back(self, key: str) -> None: ...
+
+
+class StartClaims(Protocol):
+    """Which worker of the machine starts an on-demand source when players ask for it in several at once."""
+
+    async def reserve(self, key: str) -> bool:
+        """Whether this worker may start `key` (it holds the claim now); False: another worker does."""
+
+    def unreserve(self, key: str) -> None:
+        """The source stopped without its stream being live: let the claim go."""
 
 
 class PullService:
@@ -82,6 +92,8 @@ class PullService:
         self.leases: SourceLeases | None = None
         self._lease_check: BackgroundTask | None = None
         self._lease_tasks: set[asyncio.Task[None]] = set()
+        # Set with several workers: an on-demand source is started by one of them, the others play it from there.
+        self.claims: StartClaims | None = None
         self._handover = 0.0
         self._lease_rest = 0.0
         # Leases this node handed over, by key: when (monotonic) it may compete for them again.
@@ -225,16 +237,26 @@ class PullService:
             return
         source.start()
 
-    async def demand(self, app: str, name: str) -> bool:
-        """A player wants `app/name`, which is not live: start its on-demand source and wait for the stream."""
+    async def demand(self, app: str, name: str) -> bool | str:
+        """A player wants `app/name`, which is not live: start its on-demand source and wait for the stream
+        (ELSEWHERE: another worker is starting it, and the player is served from there)."""
         source = self.get(app, name)
         if source is None or not self._running or not self.on_demand(source):
             return False
         key = source.key
         if not source.running:
+            if self.claims is not None and not await self.claims.reserve(key):
+                log.info("event=pull_on_demand_elsewhere stream=%s", key)
+                return ELSEWHERE
+            if source.running:  # another player of this worker started it meanwhile
+                return await self._wait_live(source)
             self._started_at[key] = time.monotonic()
             log.info("event=pull_on_demand_start stream=%s url=%s", key, source.shown)
             source.start()
+        return await self._wait_live(source)
+
+    async def _wait_live(self, source: PullSource) -> bool:
+        app, name, key = source.app, source.name, source.key
         if self.hub.get(app, name) is not None:
             return True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -271,6 +293,8 @@ class PullService:
             log.info("event=pull_on_demand_stop stream=%s idle_seconds=%.0f", key, now - last)
             await source.stop()
             source.state = "idle"
+            if self.claims is not None and self.hub.get(source.app, source.name) is None:
+                self.claims.unreserve(key)
 
     def get(self, app: str, name: str) -> PullSource | None:
         return self._sources.get((app, name))

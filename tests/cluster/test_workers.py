@@ -21,7 +21,7 @@ import pytest
 from aiortc import RTCSessionDescription
 
 from tests.cluster.helpers import fetch, ffprobe_codecs, metric, owner, start_workers, worker_pids
-from tests.conftest import ServerProcess, api_call, ffmpeg_publish, wait_for_stream
+from tests.conftest import ServerProcess, api_call, ffmpeg_publish, start_server, wait_for_stream
 from tests.webrtc.helpers import SDP, WEBRTC_ENV, collect, loopback_offer, loopback_pc, wait_until
 
 pytestmark = pytest.mark.slow
@@ -307,3 +307,47 @@ async def _fetch_through(server: ServerProcess, worker: int, path: str) -> str:
                     assert answer.status == 200, text
                     return text
             await asyncio.sleep(0.5)
+
+
+def test_an_on_demand_camera_asked_for_in_both_workers_at_once_is_started_once(tmp_path: Path) -> None:
+    """Two players ask for a stopped on-demand camera at the same moment, one through each worker: one worker
+    claims the stream and opens the camera, the other plays it from there, so the camera sees one session and no
+    publisher is refused (before, both opened it and the later one was kicked)."""
+    (tmp_path / "camera").mkdir()
+    camera = start_server(tmp_path / "camera")
+    publisher = ffmpeg_publish(camera.rtmp_url("live/src"), 60, size="426x240", gop=25)
+    (tmp_path / "machine").mkdir()
+    server: ServerProcess | None = None
+    try:
+        wait_for_stream(camera, "live", "src", timeout=15)
+        server = start_workers(
+            tmp_path / "machine",
+            2,
+            {
+                "MEDIASERVER_PULL_SOURCES": f"live/door={camera.rtmp_url('live/src')}",
+                "MEDIASERVER_PULL_ALLOW_LOOPBACK": "true",
+                "MEDIASERVER_PULL_ON_DEMAND": '["live/*"]',
+            },
+        )
+
+        async def both() -> list[str]:
+            return list(
+                await asyncio.gather(
+                    *(_fetch_through(server, worker, "/hls/live/door/index.m3u8") for worker in (0, 1))  # type: ignore[arg-type]
+                )
+            )
+
+        playlists = asyncio.run(both())
+        assert all("#EXTINF" in text for text in playlists), playlists
+        assert metric(server, "mediaserver_pull_sessions_total") == 1
+        # The other worker played it through an edge copy, or (when the camera was live before its request came
+        # through) had its request forwarded to the holder.
+        assert metric(server, "mediaserver_edge_copies_opened_total") <= 1
+        assert "publish_refused_elsewhere" not in server.log()
+    finally:
+        publisher.kill()
+        publisher.wait()
+        if server is not None:
+            server.stop()
+        camera.stop()
+    assert "Traceback" not in server.log(), server.log()[-5000:]

@@ -209,3 +209,38 @@ def test_without_a_minimum_the_burst_is_the_current_gop() -> None:
     stream = hub.get("live", "a")
     assert stream is not None and burst == stream.gop
     assert _video_in(burst)[0].dts == 100 * 40
+
+
+async def test_find_asks_the_handlers_again_when_one_says_another_worker_brings_the_stream() -> None:
+    """The edge copy is asked first and finds nothing; the pull service learns that another worker has just claimed
+    the stream (ELSEWHERE); the handlers are asked once more from the first, and the edge copy brings it."""
+    from mediaserver.hub import ELSEWHERE
+
+    hub = Hub()
+    asked: list[str] = []
+    claimed = False
+
+    async def edge(app: str, name: str) -> bool | str:
+        asked.append("edge")
+        if not claimed:
+            return False
+        hub.publish(app, name, FakePublisher())
+        return True
+
+    async def pull(app: str, name: str) -> bool | str:
+        nonlocal claimed
+        asked.append("pull")
+        claimed = True
+        return ELSEWHERE
+
+    hub.add_demand(pull)
+    hub.add_demand(edge, first=True)
+    stream = await hub.find("live", "door")
+    assert stream is not None and stream.key == "live/door"
+    assert asked == ["edge", "pull", "edge"]
+    # A handler that keeps saying ELSEWHERE is not asked forever: once more, then the player gets nothing.
+    asked.clear()
+    alone = Hub()
+    alone.add_demand(pull)
+    assert await alone.find("live", "door") is None
+    assert asked == ["pull", "pull"]
