@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from mediaserver.hls import playlist
 from mediaserver.hls.segmenter import HlsStream
-from mediaserver.hls.spill import SpilledRange, send_spilled
+from mediaserver.hls.spill import SpilledRange, send_spilled_after
 from mediaserver.http.fastpath import prepared_head
 from mediaserver.vectored_io import past
 
@@ -144,18 +144,11 @@ class Buffers(Payload):
             await writer.drain()
 
     def _sendfile(self, writer: AbstractStreamWriter) -> int:
-        """Bytes sent straight from the file; 0 unless everything written before (the headers) has left the
-        transport already, so these bytes follow it on the socket in order."""
+        """Bytes sent straight from the file (see `send_spilled_after`)."""
         transport = getattr(writer, "transport", None)
-        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+        if transport is None or self._file is None:
             return 0
-        # Not under TLS: the bytes must go through the transport to be encrypted.
-        if transport.get_extra_info("ssl_object") is not None:
-            return 0
-        sock = transport.get_extra_info("socket")
-        if sock is None or self._file is None:
-            return 0
-        sent = send_spilled(sock.fileno(), self._file, self._at, self._length)
+        sent = send_spilled_after(transport, self._file, self._at, self._length)
         if self._stats is not None:
             self._stats.sendfile_bytes += sent
         return sent

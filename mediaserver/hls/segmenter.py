@@ -566,6 +566,17 @@ class HlsStream:
             return self.segments[index]
         return None
 
+    def is_next_part(self, msn: int, index: int) -> bool:
+        """Whether part `index` of segment `msn` is the one the preload hint announces (the next to come)."""
+        current = self.current
+        return (current is not None and current.msn == msn and index == len(current.parts)) or (
+            msn == self.last_msn + 1 and index == 0
+        )
+
+    def has_reload(self, msn: int, part: int | None) -> bool:
+        """Whether a blocking reload for segment `msn` (or its part `part`) can be answered."""
+        return self.has_segment(msn) if part is None else self.has_part(msn, part)
+
     def has_part(self, msn: int, part: int) -> bool:
         segment = self.find_segment(msn)
         if segment is None:

@@ -226,15 +226,13 @@ class HlsService:
             self.playlist_requests["yes"] += 1
             if msn > stream.last_msn + 2:
                 return self._error(400, "too_far_ahead", "the requested segment is too far in the future")
-            if not stream.ended and not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
+            if not stream.ended and not stream.has_reload(msn, part):
                 timeout = 3 * playlist.target_duration(stream)
                 # All the viewers waiting here wake on the same change and share one render of it.
-                while not stream.ended and not (
-                    stream.has_segment(msn) if part is None else stream.has_part(msn, part)
-                ):
+                while not stream.ended and not stream.has_reload(msn, part):
                     remaining = now + timeout - time.monotonic()
                     if remaining <= 0 or not await stream.wait_change(remaining):
-                        if not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
+                        if not stream.has_reload(msn, part):
                             self._playlist_wait.observe(time.monotonic() - now)
                             return self._error(503, "not_ready", "the requested part did not arrive in time")
                         break
@@ -291,12 +289,8 @@ class HlsService:
         segment = stream.find_segment(msn)
         if segment is None or index >= len(segment.parts):
             # The part the preload hint announced: wait for it as `_wait_part` does (aiohttp answers the rest).
-            current = stream.current
-            is_next = (current is not None and current.msn == msn and index == len(current.parts)) or (
-                msn == stream.last_msn + 1 and index == 0
-            )
             remaining = request.since + 3 * playlist.target_duration(stream) - asyncio.get_running_loop().time()
-            if stream.ended or not is_next or remaining <= 0:
+            if stream.ended or not stream.is_next_part(msn, index) or remaining <= 0:
                 return None
             return stream.change_future(remaining)
         part = segment.parts[index]
@@ -329,7 +323,7 @@ class HlsService:
         if msn is not None:
             if msn > stream.last_msn + 2:
                 return None
-            if not stream.ended and not (stream.has_segment(msn) if part is None else stream.has_part(msn, part)):
+            if not stream.ended and not stream.has_reload(msn, part):
                 waited = asyncio.get_running_loop().time() - request.since
                 remaining = 3 * playlist.target_duration(stream) - waited
                 if remaining > 0:
@@ -410,11 +404,7 @@ class HlsService:
         started = time.monotonic()
         timeout = 3 * playlist.target_duration(stream)
         while True:
-            current = stream.current
-            is_next = (current is not None and current.msn == msn and index == len(current.parts)) or (
-                msn == stream.last_msn + 1 and index == 0
-            )
-            if stream.ended or not is_next:
+            if stream.ended or not stream.is_next_part(msn, index):
                 return None
             remaining = started + timeout - time.monotonic()
             if remaining <= 0 or not await stream.wait_change(remaining):

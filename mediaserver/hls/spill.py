@@ -132,6 +132,20 @@ def send_spilled(sock: int, spilled: SpilledRange, start: int, count: int) -> in
     return sent
 
 
+def send_spilled_after(transport: asyncio.WriteTransport, spilled: SpilledRange, start: int, count: int) -> int:
+    """`send_spilled` on a transport's socket, once everything written to the transport before (the headers) has
+    left it, so that these bytes follow on the socket in order; 0 when they cannot go that way now."""
+    if transport.is_closing() or transport.get_write_buffer_size():
+        return 0
+    # Not under TLS: the bytes must go through the transport to be encrypted.
+    if transport.get_extra_info("ssl_object") is not None:
+        return 0
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    return send_spilled(sock.fileno(), spilled, start, count)
+
+
 class StreamSpill:
     """One stream's files: segments appended, read back, and files closed when nothing needs them."""
 

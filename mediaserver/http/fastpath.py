@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mediaserver.hls.spill import SpilledRange, send_spilled
+from mediaserver.hls.spill import SpilledRange, send_spilled_after
 from mediaserver.vectored_io import Buffer, past
 
 log = logging.getLogger("mediaserver.http")
@@ -261,13 +261,10 @@ class FastProtocol(asyncio.Protocol):
 
     @staticmethod
     def _sendfile(transport: asyncio.Transport, answer: FastAnswer) -> int:
-        """Bytes sent from the file, once everything written before (the headers) has left the transport."""
-        if answer.file is None or transport.get_write_buffer_size() or transport.is_closing():
+        """Bytes sent straight from the file (see `send_spilled_after`)."""
+        if answer.file is None:
             return 0
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return 0
-        sent = send_spilled(sock.fileno(), answer.file, answer.at, answer.size)
+        sent = send_spilled_after(transport, answer.file, answer.at, answer.size)
         if sent and answer.on_sendfile is not None:
             answer.on_sendfile(sent)
         return sent
@@ -297,7 +294,7 @@ class FastProtocol(asyncio.Protocol):
         data = bytes(self._pending) + bytes(self._backlog)
         self._pending.clear()
         self._backlog.clear()
-        if self._waiting or self._paused_by_writes:
+        if self._paused_by_writes:  # (a wait has always ended before a hand-over)
             transport.resume_reading()
         handler = self._front.server()
         transport.set_protocol(handler)

@@ -62,7 +62,7 @@ class StartClaims(Protocol):
         """Whether this worker may start `key` (it holds the claim now); False: another worker does."""
 
     def unreserve(self, key: str) -> None:
-        """The source stopped without its stream being live: let the claim go."""
+        """The source stopped: let the claim go, unless its stream is live here."""
 
 
 class PullService:
@@ -293,7 +293,7 @@ class PullService:
             log.info("event=pull_on_demand_stop stream=%s idle_seconds=%.0f", key, now - last)
             await source.stop()
             source.state = "idle"
-            if self.claims is not None and self.hub.get(source.app, source.name) is None:
+            if self.claims is not None:
                 self.claims.unreserve(key)
 
     def get(self, app: str, name: str) -> PullSource | None:
