@@ -97,6 +97,6 @@ class RedisRelay:
                 log.warning("event=events_relay_down error=%s retry_in=%.1f", type(exc).__name__, delay)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8.2
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(RETRY_MAX, delay * 2)
