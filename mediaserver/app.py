@@ -228,6 +228,8 @@ class MediaServer:
             cluster.edge_idle,
             config.rtmp.max_message_size,
             self.metrics.registry,
+            self.transcode.source_of,
+            config.transcode.wait,
         )
         self.gateway = WorkerGateway(
             self.hub,

@@ -11,6 +11,7 @@ bodies as they came (no decoding), and is never recorded, relayed or registered 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
@@ -57,8 +58,12 @@ class _EdgePublisher:
 
 
 class EdgeCopy:
-    def __init__(self, hub: Hub, app: str, name: str, location: Location, secret: str, max_message: int) -> None:
+    def __init__(
+        self, hub: Hub, app: str, name: str, location: Location, secret: str, max_message: int, wait: float
+    ) -> None:
         self.hub = hub
+        # Seconds a player waits for the copy's first keyframe.
+        self.wait = wait
         self.app = app
         self.name = name
         self.location = location
@@ -156,9 +161,14 @@ class EdgeService:
         idle: float,
         max_message: int,
         metrics: CollectorRegistry | None = None,
+        rung_source: Callable[[str, str], str | None] | None = None,
+        rung_wait: float = 0.0,
     ) -> None:
         self.hub = hub
         self.registry = registry
+        # The stream a name is an ABR rung of (None: no rung): a rung not live yet is asked of its source's holder.
+        self._rung_source = rung_source
+        self._rung_wait = rung_wait
         self._secret = secret
         self._wait = wait
         self._idle = idle
@@ -189,7 +199,10 @@ class EdgeService:
         key = f"{app}/{name}"
         copy = self.copies.get(key)
         if copy is None:
-            location = await self.registry.locate(key)
+            location, wait = await self.registry.locate(key), self._wait
+            if location is None:
+                # A rung comes up once its ladder has started and met a keyframe: wait as a rung's player does.
+                location, wait = await self._rung_holder(app, name), max(self._wait, self._rung_wait)
             copy = self.copies.get(key)  # another player may have opened one meanwhile
             if copy is None:
                 if location is None or self.hub.get(app, name) is not None:
@@ -197,19 +210,32 @@ class EdgeService:
                 if location.worker is None and not self._secret:
                     log.warning("event=edge_refused stream=%s holder=%s reason=no_cluster_secret", key, location.node)
                     return False
-                copy = self._open(app, name, location)
+                copy = self._open(app, name, location, wait)
         try:
-            await asyncio.wait_for(asyncio.shield(copy.ready), self._wait)
+            await asyncio.wait_for(asyncio.shield(copy.ready), copy.wait)
         except TimeoutError:
-            log.info("event=edge_wait_timeout stream=%s wait=%.1f", key, self._wait)
+            log.info("event=edge_wait_timeout stream=%s wait=%.1f", key, copy.wait)
         return self.hub.get(app, name) is not None
 
-    def _open(self, app: str, name: str, location: Location) -> EdgeCopy:
-        copy = EdgeCopy(self.hub, app, name, location, self._secret, self._max_message)
+    async def _rung_holder(self, app: str, name: str) -> Location | None:
+        """Where the source of the rung `app/name` (not live anywhere yet) is held, when not here: playing the rung
+        there starts the ladder of the process holding the source, instead of a second ladder here over an edge
+        copy of the source (one ladder per stream, however many processes serve its rungs)."""
+        base = self._rung_source(app, name) if self._rung_source is not None else None
+        if base is None:
+            return None
+        source = self.hub.get(app, base)
+        if source is not None and not source.is_copy:
+            return None  # held here: this process's ladder makes the rung
+        location = await self.registry.locate(f"{app}/{base}")
+        return dataclasses.replace(location, key=f"{app}/{name}") if location is not None else None
+
+    def _open(self, app: str, name: str, location: Location, wait: float) -> EdgeCopy:
+        copy = EdgeCopy(self.hub, app, name, location, self._secret, self._max_message, wait)
         copy.on_closed = self._closed
         self.copies[copy.key] = copy
         self._opened.labels("worker" if location.worker is not None else "node").inc()
-        task = asyncio.get_running_loop().create_task(copy.open(self._wait))
+        task = asyncio.get_running_loop().create_task(copy.open(wait))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return copy

@@ -20,6 +20,10 @@ import psutil
 import pytest
 from aiortc import RTCSessionDescription
 
+from mediaserver.codecs.h264 import resolution
+from mediaserver.rtmp import chunk
+from mediaserver.rtmp.chunk import Message
+from mediaserver.rtmp.client import RtmpClient
 from tests.cluster.helpers import fetch, ffprobe_codecs, metric, owner, start_workers, worker_pids
 from tests.conftest import ServerProcess, api_call, ffmpeg_publish, start_server, wait_for_stream
 from tests.webrtc.helpers import SDP, WEBRTC_ENV, collect, loopback_offer, loopback_pc, wait_until
@@ -293,6 +297,56 @@ def test_an_abr_rung_is_made_by_the_worker_holding_its_source(tmp_path: Path) ->
         publisher.wait()
         server.stop()
     assert "Traceback" not in server.log(), server.log()[-5000:]
+
+
+def test_an_abr_rung_played_over_rtmp_in_the_other_worker_comes_from_the_holders_ladder(tmp_path: Path) -> None:
+    """An RTMP player of a rung that is not live yet, reaching the worker that does not hold the source, gets an
+    edge copy of the rung from the holder, whose ladder makes it (before, that worker transcoded an edge copy of
+    the source: a second ladder on the machine)."""
+    ladder = {
+        "MEDIASERVER_TRANSCODE_STREAMS": '["live/*"]',
+        "MEDIASERVER_TRANSCODE_LADDER": '["180p:320x180:200k"]',
+        "MEDIASERVER_TRANSCODE_THREADS": "1",
+    }
+    server = start_workers(tmp_path, 2, ladder)
+    publisher = ffmpeg_publish(server.rtmp_url("live/cam"), 60, size="426x240", gop=25)
+    try:
+        wait_for_stream(server, "live", "cam", timeout=15)
+        holder = owner(server, "live", "cam")
+        other = 1 - holder
+        width = asyncio.run(_first_video_through(server, other, "cam_180p"))
+        assert width == 320  # the rung's picture, not the source's
+        assert metric(server, "mediaserver_transcode_workers", worker=str(holder)) == 1
+        assert metric(server, "mediaserver_transcode_workers", worker=str(other)) == 0
+        assert metric(server, "mediaserver_edge_copies_opened_total", worker=str(other)) == 1
+        assert owner(server, "live", "cam_180p") == holder
+    finally:
+        publisher.kill()
+        publisher.wait()
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()[-5000:]
+
+
+async def _first_video_through(server: ServerProcess, worker: int, name: str) -> int:
+    """Play `live/<name>` on one worker's internal RTMP socket (so the path is certain) until its AVC sequence
+    header arrives; the picture width it declares."""
+    headers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_message(message: Message) -> None:
+        payload = bytes(message.payload)
+        if message.type_id == chunk.VIDEO and len(payload) > 5 and payload[0] & 0x0F == 7 and payload[1] == 0:
+            headers.put_nowait(payload[5:])
+
+    client = RtmpClient(on_message)
+    try:
+        await client.connect(
+            "localhost", 0, "live", timeout=20, path=str(server.data_dir / "run" / f"rtmp-{worker}.sock")
+        )
+        await client.play(name)
+        record = await asyncio.wait_for(headers.get(), 20)
+    finally:
+        client.close()
+    return resolution(record)[0]
 
 
 async def _fetch_through(server: ServerProcess, worker: int, path: str) -> str:
