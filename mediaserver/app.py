@@ -231,6 +231,8 @@ class MediaServer:
             self.transcode.source_of,
             config.transcode.wait,
         )
+        if self.hls is not None:
+            self.hls.segments = self.edge.segmented_here
         self.gateway = WorkerGateway(
             self.hub,
             self.registry,

@@ -217,6 +217,15 @@ class EdgeService:
             log.info("event=edge_wait_timeout stream=%s wait=%.1f", key, copy.wait)
         return self.hub.get(app, name) is not None
 
+    def segmented_here(self, stream: Stream) -> bool:
+        """False for a copy of another worker's stream: the gateway forwards its HLS requests to the holder, so a
+        segmenter of the copy would cost a stream's HLS work for nothing. A copy from another node is the edge's
+        own HLS."""
+        if not stream.is_copy:
+            return True
+        copy = self.copies.get(stream.key)
+        return copy is None or copy.location.worker is None
+
     async def _rung_holder(self, app: str, name: str) -> Location | None:
         """Where the source of the rung `app/name` (not live anywhere yet) is held, when not here: playing the rung
         there starts the ladder of the process holding the source, instead of a second ladder here over an edge

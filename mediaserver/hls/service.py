@@ -31,7 +31,7 @@ from mediaserver.hls.spill import SpillWriter
 from mediaserver.http.access import PlayAccess, set_play_cookie
 from mediaserver.http.errors import error_response
 from mediaserver.http.fastpath import FastAnswer, FastRequest
-from mediaserver.hub import Hub
+from mediaserver.hub import Hub, Stream
 
 log = logging.getLogger("mediaserver.hls")
 
@@ -68,6 +68,8 @@ class HlsService:
         # The other renditions of a stream's picture (app, name) -> names: an ABR ladder's, set by the
         # composition root when there is one.
         self.renditions: Callable[[str, str], list[str]] | None = None
+        # Whether a starting stream is segmented in this process (None: every one); set by the composition root.
+        self.segments: Callable[[Stream], bool] | None = None
         self._viewers: dict[tuple[str, str, str], float] = {}
         self._housekeeping = BackgroundTask.every(1.0, self._housekeep, "hls_housekeeping")
         # Counted as plain integers (the collector reports them): a labelled prometheus child costs a lookup and
@@ -96,6 +98,8 @@ class HlsService:
         if event.kind is not StreamEventKind.STARTED:
             return
         stream = event.stream
+        if self.segments is not None and not self.segments(stream):
+            return
         hls = self.streams.get(stream.key)
         if hls is None:
             hls = HlsStream(

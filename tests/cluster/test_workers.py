@@ -56,6 +56,10 @@ def test_any_worker_serves_any_stream(workers: ServerProcess) -> None:
         else:
             pytest.fail("no RTMP play reached the worker that does not hold the stream")
         assert metric(workers, "mediaserver_edge_copies", worker=str(other)) == 1  # one copy, however many plays
+        # The copy is not segmented: HLS requests reaching that worker are forwarded to the holder.
+        assert metric(workers, "mediaserver_hls_streams", worker=str(holder)) == 1
+        assert metric(workers, "mediaserver_hls_streams", worker=str(other)) == 0
+        assert metric(workers, "mediaserver_hls_parts_total", worker=str(other)) == 0
 
         # HLS: whichever worker a request reaches, the playlist is the holder's: its media sequence never goes
         # back (a second segmenter would number its own segments).
