@@ -18,7 +18,7 @@ from control.audit import Actor, Audit
 from control.security import TokenError, TokenService
 from control.store import Camera, Store
 from mediaserver.auth import AuthResult, Denied, StreamGrant, redact
-from mediaserver.http.access import WANTS_CREDENTIAL
+from mediaserver.http.access import RENEW, WANTS_CREDENTIAL
 from mediaserver.transcode.ladder import split_rung_stream
 
 log = logging.getLogger("control.authorizer")
@@ -126,32 +126,40 @@ class DatabaseAuthorizer:
         camera = await self.camera_by_id(rung[0] if rung is not None else name)
         if camera is None:
             return Denied("unknown_camera")
-        stream = name if rung is not None else camera.id
-        if camera.private:
-            token = params.get("token", "")
-            try:
-                if not token or self._tokens.play_camera(token) != camera.id:
-                    return Denied("bad_play_token")
-            except TokenError as exc:
-                return Denied(str(exc))
-            if WANTS_CREDENTIAL not in params:
-                return StreamGrant(app, stream, camera_id=camera.id)
-            # A fresh token for each playlist reload renews the HLS viewer's cookie; parts and segments mint none.
-            fresh, _ = self._tokens.issue_play(camera.id)
-            return StreamGrant(app, stream, camera_id=camera.id, credential=fresh, credential_ttl=self._tokens.play_ttl)
-        return StreamGrant(app, stream, camera_id=camera.id)
+        return self._play_grant(camera, app, name if rung is not None else camera.id, params)
 
-    def play_now(self, app: str, name: str, peer: str) -> AuthResult | None:
-        """`authorize_play` without credentials, from the cache alone: the grant of a public camera it holds;
-        None when it would look the camera up, or the camera is private (its token must be checked)."""
+    def play_now(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult | None:
+        """`authorize_play` from the cache alone: None when it would look the camera up."""
         if app != self.app:
             return None
         rung = split_rung_stream(name, self._rungs)
         cached = self._by_id.get(rung[0] if rung is not None else name)
-        if cached is None or cached[1] <= time.monotonic() or cached[0].private:
+        if cached is None or cached[1] <= time.monotonic():
             return None
         camera = cached[0]
-        return StreamGrant(app, name if rung is not None else camera.id, camera_id=camera.id)
+        return self._play_grant(camera, app, name if rung is not None else camera.id, params)
+
+    def _play_grant(self, camera: CameraAuth, app: str, stream: str, params: dict[str, str]) -> AuthResult:
+        """A public camera plays for anyone; a private one with its play token (checked tokens are remembered,
+        so this is no I/O and, most of the time, no signature check either)."""
+        if not camera.private:
+            return StreamGrant(app, stream, camera_id=camera.id)
+        token = params.get("token", "")
+        if not token:
+            return Denied("bad_play_token")
+        try:
+            claims = self._tokens.play_claims(token)
+        except TokenError as exc:
+            return Denied(str(exc))
+        if claims.camera_id != camera.id:
+            return Denied("bad_play_token")
+        wants = params.get(WANTS_CREDENTIAL)
+        ttl = self._tokens.play_ttl
+        if wants is None or (wants == RENEW and claims.expires_at - time.time() > ttl / 2):
+            return StreamGrant(app, stream, camera_id=camera.id)
+        # A fresh token renews the HLS viewer's cookie: on its first playlist, then once the cookie is half spent.
+        fresh, _ = self._tokens.issue_play(camera.id)
+        return StreamGrant(app, stream, camera_id=camera.id, credential=fresh, credential_ttl=ttl)
 
     async def _deny(self, peer: str, reason: str, app: str, key: str, camera_id: str = "") -> Denied:
         ip = peer_ip(peer)

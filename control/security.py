@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from argon2 import PasswordHasher as Argon2Hasher
@@ -104,6 +104,15 @@ class AccessClaims:
     expires_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class PlayClaims:
+    camera_id: str
+    expires_at: int
+
+
+_Claims = TypeVar("_Claims", AccessClaims, PlayClaims)
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -130,6 +139,26 @@ def load_or_create_secret(path: Path) -> str:
 
 # Checked access tokens remembered (about 300 bytes each).
 VERIFIED_TOKENS_MAX = 4096
+# Checked play tokens remembered: each HLS viewer presents its own, on every part and segment request.
+VERIFIED_PLAY_TOKENS_MAX = 65536
+
+
+def _known(verified: dict[str, _Claims], token: str) -> _Claims | None:
+    """The claims of a token checked before, if it is still good; raises TokenError once it has expired."""
+    known = verified.get(token)
+    if known is None:
+        return None
+    # Same bytes, same signature: only the clock can have changed its verdict.
+    if time.time() < known.expires_at:
+        return known
+    del verified[token]
+    raise TokenError("token_expired")
+
+
+def _keep(verified: dict[str, _Claims], token: str, claims: _Claims, most: int) -> None:
+    if len(verified) >= most:
+        del verified[next(iter(verified))]  # the oldest checked
+    verified[token] = claims
 
 
 class TokenService:
@@ -153,12 +182,14 @@ class TokenService:
         # Access tokens whose signature and claims were checked, by the token itself: a dashboard sends the same
         # token with every request, and checking it again cost about a tenth of a small request's CPU.
         self._verified: dict[str, AccessClaims] = {}
+        self._verified_play: dict[str, PlayClaims] = {}
 
     def use_secret(self, secret: str) -> None:
         if len(secret) < 32:
             raise ConfigError("auth_api.jwt_secret must be at least 32 characters")
         self._signing_key = self._verify_key = secret
         self._verified.clear()
+        self._verified_play.clear()
 
     @property
     def ready(self) -> bool:
@@ -227,21 +258,15 @@ class TokenService:
         return self._encode(claims), self.access_ttl
 
     def decode_access(self, token: str) -> AccessClaims:
-        known = self._verified.get(token)
+        known = _known(self._verified, token)
         if known is not None:
-            # Same bytes, same signature: only the clock can have changed its verdict.
-            if time.time() < known.expires_at:
-                return known
-            del self._verified[token]
-            raise TokenError("token_expired")
+            return known
         claims = self._decode(token, ACCESS_AUDIENCE, ["sub", "sid", "role"])
         try:
             access = AccessClaims(int(claims["sub"]), str(claims["role"]), str(claims["sid"]), int(claims["exp"]))
         except (TypeError, ValueError) as exc:
             raise TokenError("invalid_token") from exc
-        if len(self._verified) >= VERIFIED_TOKENS_MAX:
-            del self._verified[next(iter(self._verified))]  # the oldest checked
-        self._verified[token] = access
+        _keep(self._verified, token, access, VERIFIED_TOKENS_MAX)
         return access
 
     def issue_play(self, camera_id: str, ttl: int | None = None) -> tuple[str, int]:
@@ -250,9 +275,18 @@ class TokenService:
         claims = {"iss": self.issuer, "aud": PLAY_AUDIENCE, "cam": camera_id, "iat": now, "exp": expires}
         return self._encode(claims), expires
 
-    def play_camera(self, token: str) -> str:
-        """The camera a play token is good for."""
-        return str(self._decode(token, PLAY_AUDIENCE, ["cam"])["cam"])
+    def play_claims(self, token: str) -> PlayClaims:
+        """The camera a play token is good for, and until when."""
+        known = _known(self._verified_play, token)
+        if known is not None:
+            return known
+        claims = self._decode(token, PLAY_AUDIENCE, ["cam"])
+        try:
+            play = PlayClaims(str(claims["cam"]), int(claims["exp"]))
+        except (TypeError, ValueError) as exc:
+            raise TokenError("invalid_token") from exc
+        _keep(self._verified_play, token, play, VERIFIED_PLAY_TOKENS_MAX)
+        return play
 
     def issue_media(self, recording_id: int, user_id: int, ttl: int | None = None) -> tuple[str, int]:
         """A token for one recording's bytes, for URLs in playback playlists (players send no bearer header)."""

@@ -28,7 +28,7 @@ from mediaserver.hls import playlist
 from mediaserver.hls.responses import Buffer, PlaylistCache, ServeStats, error_answer, media_head, media_response
 from mediaserver.hls.segmenter import HlsSettings, HlsStream, Segment, SegmenterStats
 from mediaserver.hls.spill import SpillWriter
-from mediaserver.http.access import PlayAccess, set_play_cookie
+from mediaserver.http.access import PlayAccess, play_cookie_header, set_play_cookie
 from mediaserver.http.errors import error_response
 from mediaserver.http.fastpath import FastAnswer, FastRequest
 from mediaserver.hub import Hub, Stream
@@ -40,8 +40,8 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # A viewer counts as watching while it made a request this recently.
 _VIEWER_WINDOW = 30.0
 _NOT_READY = error_answer("503 Service Unavailable", "not_ready", "the requested part did not arrive in time")
-# The query parameters of a blocking reload the front answers (any other, a credential say, is aiohttp's).
-_BLOCKING_PARAMS = frozenset(("_HLS_msn", "_HLS_part", "_HLS_skip"))
+# The query parameters of a playlist the front answers: a blocking reload's, the play token (any other is aiohttp's).
+_PLAYLIST_PARAMS = frozenset(("_HLS_msn", "_HLS_part", "_HLS_skip", "token"))
 
 
 class HlsService:
@@ -261,7 +261,21 @@ class HlsService:
         parts = request.path.split("/")
         if len(parts) != 5 or parts[1] != "hls" or parts[0]:
             return None
-        grant = self.play_access.check_now(parts[2], parts[3], request.peer)
+        file = parts[4]
+        is_playlist = file == "index.m3u8"
+        query: dict[str, str] = {}
+        if request.query:
+            # Only a playlist takes a query: its blocking-reload parameters and the play token of its URL.
+            if not is_playlist:
+                return None
+            for pair in request.query.split("&"):
+                name, _, value = pair.partition("=")
+                if name not in _PLAYLIST_PARAMS or name in query:
+                    return None
+                query[name] = value
+        grant = self.play_access.check_now(
+            parts[2], parts[3], request.peer, query.pop("token", ""), request.play_cookie, is_playlist
+        )
         if grant is None:
             return None
         live = self.hub.get(grant.app, grant.name)
@@ -269,11 +283,8 @@ class HlsService:
         # Only streams held here: one held by another worker is forwarded (the gateway, in aiohttp).
         if live is None or live.is_copy or stream is None:
             return None
-        file = parts[4]
-        if file == "index.m3u8":
-            return self._playlist_now(request, grant, stream)
-        if request.query:
-            return None
+        if is_playlist:
+            return self._playlist_now(request, query, grant, stream)
         match = _FILE.match(file)
         if match is None:
             return None
@@ -301,18 +312,13 @@ class HlsService:
         return self._media_now(stream, segment, part.offset, part.offset + part.size, "part")
 
     def _playlist_now(
-        self, request: FastRequest, grant: StreamGrant, stream: HlsStream
+        self, request: FastRequest, params: dict[str, str], grant: StreamGrant, stream: HlsStream
     ) -> FastAnswer | asyncio.Future[Any] | None:
-        """`handle_playlist` for a live stream with a segment, plain or blocking reload."""
+        """`handle_playlist` for a live stream with a segment, plain or blocking reload (`params`: the query's
+        blocking-reload parameters)."""
         msn = part = None
         skip = False
-        if request.query:
-            params: dict[str, str] = {}
-            for pair in request.query.split("&"):
-                name, _, value = pair.partition("=")
-                if name not in _BLOCKING_PARAMS or name in params:
-                    return None
-                params[name] = value
+        if params:
             try:
                 msn = _query_int(params.get("_HLS_msn"))
                 part = _query_int(params.get("_HLS_part"))
@@ -343,6 +349,10 @@ class HlsService:
         variant = self.playlists.get(stream, self._renditions_of(stream), skip, "gzip" in request.accept_encoding)
         self.bytes_served["playlist"] += len(variant.body)
         head = variant.reload_head if msn is None else variant.blocking_head
+        if grant.credential is not None:
+            # Handed back as aiohttp's route does (scoped to the requested folder), first or renewed.
+            _, _, app, name, _ = request.path.split("/")
+            head += play_cookie_header(app, name, grant)
         return FastAnswer(head, (variant.body,), len(variant.body))
 
     def _media_now(

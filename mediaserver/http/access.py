@@ -12,6 +12,7 @@ plane anyone may read them; the control plane installs a gate that authenticates
 from __future__ import annotations
 
 import logging
+from http.cookies import Morsel
 from typing import Protocol, runtime_checkable
 
 from aiohttp import hdrs, web
@@ -25,6 +26,10 @@ PLAY_COOKIE = "ms_play"
 # Set in the params of a play check whose answer will hand a credential back (an HLS playlist): only then
 # does an authorizer need to mint one. Segment and part requests, many a second per viewer, do not ask.
 WANTS_CREDENTIAL = "_credential"
+# WANTS_CREDENTIAL's values: hand one back (the client holds none yet), or only when the one presented (the
+# cookie handed back before) is past half its life.
+MINT = "1"
+RENEW = "renew"
 # Grants of an open authorizer kept for reuse, at most (names come from requests: bounded).
 _OPEN_GRANTS = 1024
 # The permission name the gated stats routes need (the control plane's matrix knows it).
@@ -33,8 +38,9 @@ SYSTEM_READ = "system:read"
 
 @runtime_checkable
 class QuickPlay(Protocol):
-    def play_now(self, app: str, name: str, peer: str) -> AuthResult | None:
-        """The answer to a play that carries no credential, when it is known without I/O; None otherwise."""
+    def play_now(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult | None:
+        """`authorize_play`'s answer when it is known without I/O (from what the authorizer holds); None
+        otherwise."""
 
 
 class StatsGate(Protocol):
@@ -55,30 +61,48 @@ def bearer(request: web.Request) -> str:
 
 
 def credentials(request: web.Request) -> dict[str, str]:
-    """The stream credentials a request carries: `?key=`, `?token=`, a bearer token, the play cookie.
+    """The stream credentials a request names itself: `?key=`, `?token=`, a bearer token.
 
-    A bearer token or cookie fills whichever of `key`/`token` the query left empty: an authorizer reads
-    the one it knows (static keys read `key`, the database authorizer reads `token`)."""
+    A bearer token fills whichever of `key`/`token` the query left empty: an authorizer reads the one it knows
+    (static keys read `key`, the database authorizer reads `token`). The play cookie is apart (`play_cookie`):
+    the server handed it back, and it stands in when these are missing or refused."""
     params: dict[str, str] = {}
-    # Most requests (every part and segment) carry no query and no cookie: parse neither unless it is there.
+    # Most requests (every part and segment) carry no query: parse none unless it is there.
     if request.query_string:
         query = request.query
         for name in ("key", "token"):
             value = query.get(name)
             if value is not None:
                 params[name] = value
-    headers = request.headers
-    if hdrs.AUTHORIZATION in headers:
-        _present(params, bearer(request))
-    if hdrs.COOKIE in headers:
-        _present(params, request.cookies.get(PLAY_COOKIE, ""))
+    if hdrs.AUTHORIZATION in request.headers:
+        value = bearer(request)
+        if value:
+            params.setdefault("key", value)
+            params.setdefault("token", value)
     return params
 
 
-def _present(params: dict[str, str], value: str) -> None:
-    if value:
-        params.setdefault("key", value)
-        params.setdefault("token", value)
+def play_cookie(request: web.Request) -> str:
+    return request.cookies.get(PLAY_COOKIE, "") if hdrs.COOKIE in request.headers else ""
+
+
+def play_attempts(given: dict[str, str], cookie: str, credential: bool) -> list[dict[str, str]]:
+    """The credentials to try in turn: the play cookie, then the ones the request names.
+
+    The cookie first: it is what the player's part and segment requests carry, and the server renews it, while
+    a player keeps reloading the playlist URL it was given, whose `?token=` expires. With `credential` (a
+    playlist), the cookie asks for a renewal only when it is getting old; the request's own credential, tried
+    when there is no cookie or it is refused, asks for one to hand back."""
+    attempts = []
+    if cookie:
+        attempts.append(
+            {"key": cookie, "token": cookie, WANTS_CREDENTIAL: RENEW}
+            if credential
+            else {"key": cookie, "token": cookie}
+        )
+    if not cookie or (given and cookie != given.get("token", given.get("key"))):
+        attempts.append({**given, WANTS_CREDENTIAL: MINT} if credential else given)
+    return attempts
 
 
 class PlayAccess:
@@ -99,16 +123,16 @@ class PlayAccess:
         app, name = match_info["app"], match_info["name"]
         if type(self.authorizer) is AllowAll:
             return self._open_grant(app, name)
-        params = credentials(request)
-        if credential:
-            params[WANTS_CREDENTIAL] = "1"
-        result = await self.authorizer.authorize_play(app, name, params, request.remote or "")
-        if isinstance(result, Denied):
-            self.denied.labels(protocol).inc()
-            log.info(
-                "event=play_denied protocol=%s app=%s peer=%s reason=%s", protocol, app, request.remote, result.reason
-            )
-        return result
+        peer = request.remote or ""
+        denied = Denied("no_credential")
+        for params in play_attempts(credentials(request), play_cookie(request), credential):
+            result = await self.authorizer.authorize_play(app, name, params, peer)
+            if isinstance(result, StreamGrant):
+                return result
+            denied = result
+        self.denied.labels(protocol).inc()
+        log.info("event=play_denied protocol=%s app=%s peer=%s reason=%s", protocol, app, peer, denied.reason)
+        return denied
 
     def _open_grant(self, app: str, name: str) -> StreamGrant:
         # AllowAll grants every play whatever the request carries: nothing to collect, nothing to ask (thousands
@@ -120,15 +144,23 @@ class PlayAccess:
             grant = self._open_grants[(app, name)] = StreamGrant(app, name)
         return grant
 
-    def check_now(self, app: str, name: str, peer: str) -> StreamGrant | None:
-        """The grant of a play that carries no credential, when the authorizer knows it without waiting; None
-        when it would have to look (or refuses, or hands a credential back): then `check` answers."""
+    def check_now(
+        self, app: str, name: str, peer: str, token: str = "", cookie: str = "", credential: bool = False
+    ) -> StreamGrant | None:
+        """`check`'s grant when the authorizer knows it without waiting; None when it would have to look, or
+        refuses: then `check` answers (and counts, and logs). `token` is the request's `?token=`, `cookie` its play
+        cookie; `credential` as for `check`."""
         if type(self.authorizer) is AllowAll:
             return self._open_grant(app, name)
         if self._play_now is None:
             return None
-        result = self._play_now(app, name, peer)
-        return result if isinstance(result, StreamGrant) and result.credential is None else None
+        for params in play_attempts({"token": token} if token else {}, cookie, credential):
+            result = self._play_now(app, name, params, peer)
+            if isinstance(result, StreamGrant):
+                return result
+            if result is None:
+                return None
+        return None
 
 
 def set_play_cookie(request: web.Request, response: web.StreamResponse, grant: StreamGrant) -> None:
@@ -138,9 +170,26 @@ def set_play_cookie(request: web.Request, response: web.StreamResponse, grant: S
     response.set_cookie(
         PLAY_COOKIE,
         grant.credential,
-        path=f"/hls/{request.match_info['app']}/{request.match_info['name']}/",
+        path=play_cookie_path(request.match_info["app"], request.match_info["name"]),
         max_age=grant.credential_ttl or None,
         httponly=True,
         samesite="Lax",
         secure=request.secure,
     )
+
+
+def play_cookie_path(app: str, name: str) -> str:
+    return f"/hls/{app}/{name}/"
+
+
+def play_cookie_header(app: str, name: str, grant: StreamGrant) -> bytes:
+    """`set_play_cookie`'s header line, for an answer made without aiohttp (plain HTTP: never `Secure`)."""
+    morsel: Morsel[str] = Morsel()
+    credential = grant.credential or ""
+    morsel.set(PLAY_COOKIE, credential, credential)
+    morsel["path"] = play_cookie_path(app, name)
+    if grant.credential_ttl:
+        morsel["max-age"] = str(grant.credential_ttl)
+    morsel["httponly"] = True
+    morsel["samesite"] = "Lax"
+    return f"Set-Cookie: {morsel.OutputString()}\r\n".encode("latin-1")

@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mediaserver.hls.spill import SpilledRange, send_spilled_after
+from mediaserver.http.access import PLAY_COOKIE
 from mediaserver.vectored_io import Buffer, past
 
 log = logging.getLogger("mediaserver.http")
@@ -54,6 +55,8 @@ class FastRequest:
     query: str = ""
     accept_encoding: str = ""
     user_agent: str = ""
+    # The play credential the server handed back as a cookie (mediaserver.http.access.PLAY_COOKIE), if sent.
+    play_cookie: str = ""
     # Set when the request carries a header that a route's answer depends on beyond these (Range, credentials).
     other: bool = False
     # When (loop clock) it was complete: a route that makes it wait knows for how long it has.
@@ -86,7 +89,17 @@ _USER_AGENT = b"user-agent"
 _COOKIE = b"cookie"
 _OTHER = frozenset((b"range", b"authorization", b"upgrade", b"expect", b"transfer-encoding"))
 # A cookie header matters only when it carries the play credential (other cookies of the site are ignored).
-_PLAY_COOKIE = b"ms_play="
+_PLAY_COOKIE_NAME = PLAY_COOKIE.encode()
+_PLAY_COOKIE = _PLAY_COOKIE_NAME + b"="
+
+
+def _play_cookie(header: bytes) -> str:
+    """The play cookie's value in a Cookie header (other cookies of the site are passed over)."""
+    for pair in header.split(b";"):
+        name, _, value = pair.strip().partition(b"=")
+        if name == _PLAY_COOKIE_NAME:
+            return value.strip(b'"').decode("latin-1")
+    return ""
 
 
 class _Date:
@@ -196,7 +209,10 @@ class FastProtocol(asyncio.Protocol):
             request.accept_encoding = value.decode("latin-1")
         elif lowered == _USER_AGENT:
             request.user_agent = value.decode("latin-1")
-        elif lowered in _OTHER or (lowered == _COOKIE and _PLAY_COOKIE in value):
+        elif lowered == _COOKIE:
+            if _PLAY_COOKIE in value:
+                request.play_cookie = _play_cookie(value)
+        elif lowered in _OTHER:
             request.other = True
 
     def on_body(self, body: bytes) -> None:

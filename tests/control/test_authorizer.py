@@ -12,7 +12,7 @@ from control.rbac import Role
 from mediaserver.auth import Denied, StreamGrant
 from mediaserver.hls.segmenter import HlsSettings
 from mediaserver.hls.service import HlsService
-from mediaserver.http.access import PLAY_COOKIE, PlayAccess
+from mediaserver.http.access import MINT, PLAY_COOKIE, RENEW, WANTS_CREDENTIAL, PlayAccess
 from tests.control.conftest import Api
 
 
@@ -75,14 +75,14 @@ async def test_play_private_needs_a_token(api: Api, admin: str) -> None:
     private = await api.camera(admin, name="private")
     public = await api.camera(admin, name="public", private=False)
     auth = api.plane.authorizer
-    # The HTTP front's question (no credential, no waiting): known only once the camera is cached, never private.
+    # The HTTP front's question (no waiting): known only once the camera is cached.
     auth.invalidate()
-    assert auth.play_now("live", public["id"], "p:1") is None
+    assert auth.play_now("live", public["id"], {}, "p:1") is None
     assert isinstance(await auth.authorize_play("live", public["id"], {}, "p:1"), StreamGrant)
-    assert auth.play_now("live", public["id"], "p:1") == StreamGrant("live", public["id"], camera_id=public["id"])
-    assert auth.play_now("other", public["id"], "p:1") is None
+    assert auth.play_now("live", public["id"], {}, "p:1") == StreamGrant("live", public["id"], camera_id=public["id"])
+    assert auth.play_now("other", public["id"], {}, "p:1") is None
     assert await auth.authorize_play("live", private["id"], {}, "p:1") == Denied("bad_play_token")
-    assert auth.play_now("live", private["id"], "p:1") is None
+    assert auth.play_now("live", private["id"], {}, "p:1") == Denied("bad_play_token")
     viewer = await api.token(Role.VIEWER)
     status, playback = await api.call("GET", f"/streaming/hls/{private['id']}", viewer)
     assert status == 200 and playback["protocol"] == "hls"
@@ -96,6 +96,18 @@ async def test_play_private_needs_a_token(api: Api, admin: str) -> None:
     assert await auth.authorize_play("live", private["id"], {"token": expired}, "p:1") == Denied("token_expired")
     assert isinstance(await auth.authorize_play("live", private["id"], {"token": token[:-3] + "abc"}, "p:1"), Denied)
     assert await auth.authorize_play("live", "f" * 32, {"token": token}, "p:1") == Denied("unknown_camera")
+    # The front checks a private camera's token too, without I/O (the camera is cached by now).
+    granted = StreamGrant("live", private["id"], camera_id=private["id"])
+    assert auth.play_now("live", private["id"], {"token": token}, "p:1") == granted
+    assert auth.play_now("live", private["id"], {"token": expired}, "p:1") == Denied("token_expired")
+    assert auth.play_now("live", other["id"], {"token": token}, "p:1") == Denied("bad_play_token")
+    # A playlist mints a credential for a viewer without one; a cookie is renewed only once half spent.
+    minted = await auth.authorize_play("live", private["id"], {"token": token, WANTS_CREDENTIAL: MINT}, "p:1")
+    assert isinstance(minted, StreamGrant) and minted.credential and minted.credential_ttl == 300
+    assert auth.play_now("live", private["id"], {"token": minted.credential, WANTS_CREDENTIAL: RENEW}, "p:1") == granted
+    aging, _ = api.plane.tokens.issue_play(private["id"], ttl=100)
+    renewed = auth.play_now("live", private["id"], {"token": aging, WANTS_CREDENTIAL: RENEW}, "p:1")
+    assert isinstance(renewed, StreamGrant) and renewed.credential not in (None, aging)
     status, webrtc = await api.call("GET", f"/streaming/webrtc/{private['id']}", viewer)
     assert status == 200 and f"/whep/live/{private['id']}?token=" in webrtc["url"]
     assert (await api.call("GET", f"/streaming/hls/{'0' * 32}", viewer))[0] == 404
@@ -142,8 +154,12 @@ async def test_hls_asks_the_database_authorizer(api_factory: Any) -> None:
         assert (await client.get(f"/hls/live/{private['id']}/index.m3u8?token={token}")).status == 404
         client.session.cookie_jar.update_cookies({PLAY_COOKIE: token})
         assert (await client.get(f"/hls/live/{private['id']}/seg-1.m4s")).status == 404
+        # A player reloads the URL it was given after its token expired: the cookie handed back still plays.
+        expired = api.plane.tokens.issue_play(private["id"], ttl=-10)[0]
+        assert (await client.get(f"/hls/live/{private['id']}/index.m3u8?token={expired}")).status == 404
         other = api.plane.tokens.issue_play(public["id"])[0]
         client.session.cookie_jar.clear()
+        assert (await client.get(f"/hls/live/{private['id']}/index.m3u8?token={expired}")).status == 403
         assert (await client.get(f"/hls/live/{private['id']}/seg-1.m4s?token={other}")).status == 403
     finally:
         await client.close()

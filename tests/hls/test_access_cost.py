@@ -1,5 +1,6 @@
-"""The play check's cheap paths keep its answers: credentials are read as before (parsed only when present), and an
-open authorizer's grant is given without asking it, while any other authorizer is still asked every time."""
+"""The play check's cheap paths keep its answers: credentials are read as before (parsed only when present), the
+play cookie apart and tried first, and an open authorizer's grant is given without asking it, while any other
+authorizer is still asked every time."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
 from mediaserver.auth import AllowAll, AuthResult, StaticKeys, StreamGrant
-from mediaserver.http.access import PLAY_COOKIE, PlayAccess, credentials
+from mediaserver.http.access import (
+    MINT,
+    PLAY_COOKIE,
+    RENEW,
+    WANTS_CREDENTIAL,
+    PlayAccess,
+    credentials,
+    play_attempts,
+    play_cookie,
+)
 
 
 def _request(path: str, headers: dict[str, str] | None = None) -> web.Request:
@@ -19,14 +29,13 @@ def _request(path: str, headers: dict[str, str] | None = None) -> web.Request:
 
 
 def _reference(request: web.Request) -> dict[str, str]:
-    """What the play check read before it skipped absent queries and cookies."""
+    """What the play check read before it skipped absent queries (the cookie is read apart)."""
     params = {name: request.query[name] for name in ("key", "token") if name in request.query}
     header = request.headers.get("Authorization", "")
     bearer = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    for presented in (bearer, request.cookies.get(PLAY_COOKIE, "")):
-        if presented:
-            params.setdefault("key", presented)
-            params.setdefault("token", presented)
+    if bearer:
+        params.setdefault("key", bearer)
+        params.setdefault("token", bearer)
     return params
 
 
@@ -39,8 +48,7 @@ def _reference(request: web.Request) -> dict[str, str]:
         ("/hls/live/cam/index.m3u8?_HLS_msn=5", {}, {}),
         ("/hls/live/cam/part-1-0.m4s", {"Authorization": "Bearer b1"}, {"key": "b1", "token": "b1"}),
         ("/hls/live/cam/part-1-0.m4s", {"Authorization": "Basic eA=="}, {}),
-        ("/hls/live/cam/part-1-0.m4s", {"Cookie": f"other=1; {PLAY_COOKIE}=c1"}, {"key": "c1", "token": "c1"}),
-        ("/hls/live/cam/part-1-0.m4s", {"Cookie": "other=1"}, {}),
+        ("/hls/live/cam/part-1-0.m4s", {"Cookie": f"other=1; {PLAY_COOKIE}=c1"}, {}),
         (
             "/hls/live/cam/index.m3u8?key=k1",
             {"Authorization": "bearer b1", "Cookie": f"{PLAY_COOKIE}=c1"},
@@ -51,6 +59,23 @@ def _reference(request: web.Request) -> dict[str, str]:
 def test_credentials_are_read_as_before(path: str, headers: dict[str, str], expected: dict[str, str]) -> None:
     request = _request(path, headers)
     assert credentials(request) == expected == _reference(request)
+
+
+def test_the_play_cookie_is_tried_first_then_the_requests_own_credential() -> None:
+    assert play_cookie(_request("/hls/live/cam/seg-1.m4s", {"Cookie": f"other=1; {PLAY_COOKIE}=c1"})) == "c1"
+    assert play_cookie(_request("/hls/live/cam/seg-1.m4s", {"Cookie": "other=1"})) == ""
+    cookie = {"key": "c1", "token": "c1"}
+    # Media: whatever is there, cookie first; nothing at all is one credential-less attempt.
+    assert play_attempts({}, "", False) == [{}]
+    assert play_attempts({}, "c1", False) == [cookie]
+    assert play_attempts({"token": "t1"}, "c1", False) == [cookie, {"token": "t1"}]
+    assert play_attempts({"token": "c1"}, "c1", False) == [cookie]
+    # A playlist: the cookie renewed when old, the request's own credential (or none) minted.
+    assert play_attempts({"token": "t1"}, "c1", True) == [
+        {**cookie, WANTS_CREDENTIAL: RENEW},
+        {"token": "t1", WANTS_CREDENTIAL: MINT},
+    ]
+    assert play_attempts({}, "", True) == [{WANTS_CREDENTIAL: MINT}]
 
 
 class _Counting(AllowAll):

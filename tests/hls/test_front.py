@@ -11,8 +11,10 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 
+import jwt
 import pytest
 
+from control.security import PLAY_AUDIENCE
 from tests.conftest import ServerProcess, ffmpeg_publish, wait_for_stream
 from tests.e2e.test_hls import wait_playlist
 
@@ -193,12 +195,21 @@ def test_front_holds_blocking_reloads_and_the_hinted_part(live: tuple[ServerProc
         conn.close()
 
 
-def test_front_serves_a_public_camera_under_the_database_authorizer_and_leaves_private_ones_to_aiohttp(
+def _expired_play_token(server: ServerProcess, camera_id: str) -> str:
+    """A play token for `camera_id` signed with the server's own secret, expired a minute ago."""
+    secret = (server.data_dir / "jwt_secret").read_text().strip()
+    now = int(time.time())
+    claims = {"iss": "mediaserver", "aud": PLAY_AUDIENCE, "cam": camera_id, "iat": now - 400, "exp": now - 60}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def test_front_serves_public_and_private_cameras_under_the_database_authorizer(
     server_factory: Callable[..., ServerProcess],
 ) -> None:
     """Database publish mode (the default): the first playlist of a public camera is aiohttp's (the authorizer
-    looks the camera up), the next ones the front's (it knows the camera now); a private camera's requests, which
-    need their play token checked, are always aiohttp's."""
+    looks the camera up), the next ones the front's (it knows the camera now). A private camera's playlists and
+    segments are the front's too once the camera is cached: the URL's first playlist hands the play cookie back,
+    then reloads and segments carry it, also once the token of the URL the player was given has expired."""
     server = server_factory({"MEDIASERVER_AUTH_PUBLISH_MODE": "database"})
     token = server.admin_token()
     cameras = {}
@@ -229,21 +240,52 @@ def test_front_serves_a_public_camera_under_the_database_authorizer_and_leaves_p
         finally:
             conn.close()
         assert _front(server)[0] - answered == 3
-        # The private camera: 403 without its token, 200 with it, and neither from the front.
+        # The private camera: 403 without its token (aiohttp's answer, logged and counted).
         answered, _ = _front(server)
         conn = Connection(server)
         try:
             assert conn.get(f"/hls/live/{private}/index.m3u8")[0] == 403
+            assert _front(server)[0] == answered
+        finally:
+            conn.close()  # aiohttp's now
+        conn = Connection(server)
+        try:
+            request = urllib.request.Request(
+                server.http_url(f"/api/v1/streaming/hls/{private}"), headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                url = json.loads(response.read())["url"]
+            play = url[url.index("/hls/") :]
+            wait_playlist(server, play, 2, 30)
+            # The URL's first playlist hands the cookie back, as aiohttp's route would.
+            answered, _ = _front(server)
+            status, headers, text = conn.get(play)
+            assert status == 200 and _front(server)[0] - answered == 1
+            cookie, *attributes = headers["set-cookie"].split("; ")
+            assert cookie.startswith("ms_play=") and cookie != "ms_play="
+            assert set(attributes) == {"HttpOnly", "Max-Age=300", f"Path=/hls/live/{private}/", "SameSite=Lax"}
+            segment = re.findall(r"^(seg-\d+\.m4s)$", text.decode(), re.M)[-1]
+            # With the cookie: the same URL's reloads and the segments are the front's, with no new cookie.
+            status, headers, _ = conn.get(play, f"Cookie: theme=dark; {cookie}\r\n")
+            assert status == 200 and "set-cookie" not in headers
+            status, _, data = conn.get(f"/hls/live/{private}/{segment}", f"Cookie: {cookie}\r\n")
+            assert status == 200 and data[4:8] in (b"styp", b"moof")
+            assert _front(server)[0] - answered == 3
+            # A segment without the cookie is refused; a URL whose token has expired still plays with it.
+            assert conn.get(f"/hls/live/{private}/{segment}")[0] == 403
+            expired = play.split("?token=")[0] + "?token=" + _expired_play_token(server, private)
+            assert conn.get(expired)[0] == 403
+            assert conn.get(expired, f"Cookie: {cookie}\r\n")[0] == 200
         finally:
             conn.close()
-        request = urllib.request.Request(
-            server.http_url(f"/api/v1/streaming/hls/{private}"), headers={"Authorization": f"Bearer {token}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            url = json.loads(response.read())["url"]
-        play = url[url.index("/hls/") :]
-        wait_playlist(server, play, 2, 30)
-        assert _front(server)[0] == answered
+        # The refusals went to aiohttp with the connection; a new one's reload with the cookie is the front's.
+        answered, _ = _front(server)
+        conn = Connection(server)
+        try:
+            assert conn.get(expired, f"Cookie: {cookie}\r\n")[0] == 200
+            assert _front(server)[0] - answered == 1
+        finally:
+            conn.close()
     finally:
         for publisher in publishers:
             publisher.kill()
