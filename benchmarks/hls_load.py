@@ -56,7 +56,7 @@ from benchmarks.lib.procfs import rss_bytes
 from benchmarks.lib.publish import APP, Publisher, PublisherFleet, Window
 from benchmarks.lib.report import print_summary, ratios, write_report
 from benchmarks.lib.runner import add_target_arguments, log, raise_fd_limit, run_interruptible, run_targets
-from benchmarks.lib.servers import NginxServer, Server, make_server
+from benchmarks.lib.servers import NginxServer, OurServer, Server, make_server
 from benchmarks.lib.stats import percentiles
 
 
@@ -112,6 +112,36 @@ def playlist_url(server: Server, stream: str) -> str:
     if isinstance(server, NginxServer):
         return server.url(f"/hls/{stream}.m3u8")
     return server.url(f"/hls/{APP}/{stream}/index.m3u8")
+
+
+# `--private`: cameras in the database, published with their stream keys, played with the API's URLs.
+PRIVATE_ENV = {
+    "MEDIASERVER_AUTH_PUBLISH_MODE": "database",
+    "MEDIASERVER_ADMIN_USERNAME": "bench",
+    "MEDIASERVER_ADMIN_PASSWORD": "bench-password-0123",
+}
+
+
+async def private_cameras(session: aiohttp.ClientSession, server: Server, count: int) -> list[tuple[str, str]]:
+    """`count` private cameras made through the API: each one's stream key and the HLS URL (with its play
+    token) that `GET /api/v1/streaming/hls/{id}` hands a viewer."""
+    login = {
+        "username": PRIVATE_ENV["MEDIASERVER_ADMIN_USERNAME"],
+        "password": PRIVATE_ENV["MEDIASERVER_ADMIN_PASSWORD"],
+    }
+    async with session.post(server.url("/api/v1/auth/login"), json=login) as response:
+        response.raise_for_status()
+        auth = {"Authorization": f"Bearer {(await response.json())['access_token']}"}
+    cameras = []
+    for index in range(count):
+        body = {"name": f"bench{index}", "private": True}
+        async with session.post(server.url("/api/v1/cameras"), json=body, headers=auth) as response:
+            response.raise_for_status()
+            camera = await response.json()
+        async with session.get(server.url(f"/api/v1/streaming/hls/{camera['id']}"), headers=auth) as response:
+            response.raise_for_status()
+            cameras.append((str(camera["stream_key"]), str((await response.json())["url"])))
+    return cameras
 
 
 class HlsCounters:
@@ -187,10 +217,11 @@ async def _wait_playlists(server: Server, session: aiohttp.ClientSession, urls: 
 
 
 async def probe_ingest_lag(
-    session: aiohttp.ClientSession, server: Server, publishers: list[Publisher], clock_offset: float
+    session: aiohttp.ClientSession, urls: list[str], publishers: list[Publisher], clock_offset: float
 ) -> list[float]:
-    """Ours: for every segment listed now, PROGRAM-DATE-TIME minus when its publisher was due to send the segment's
-    first frame (ms): the server's stamp is its clock when it ingested that frame."""
+    """Ours: for every segment listed now (`urls`: each publisher's playlist), PROGRAM-DATE-TIME minus when its
+    publisher was due to send the segment's first frame (ms): the server's stamp is its clock when it ingested
+    that frame."""
     semaphore = asyncio.Semaphore(16)
     lags: list[float] = []
 
@@ -202,8 +233,7 @@ async def probe_ingest_lag(
             except (aiohttp.ClientError, TimeoutError):
                 return None
 
-    async def one(publisher: Publisher) -> None:
-        url = playlist_url(server, publisher.name)
+    async def one(publisher: Publisher, url: str) -> None:
         base = url.rsplit("/", 1)[0] + "/"
         text = await get(url)
         playlist = parse_playlist(text.decode()) if text else None
@@ -222,7 +252,7 @@ async def probe_ingest_lag(
             if start is not None:
                 lags.append((segment.pdt - zero - start / timescale) * 1000)
 
-    await asyncio.gather(*(one(p) for p in publishers if p.live))
+    await asyncio.gather(*(one(p, url) for p, url in zip(publishers, urls, strict=True) if p.live))
     return lags
 
 
@@ -245,7 +275,8 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
     viewer_mode = args.mode if target == "ours" else "plain"
     mode = viewer_mode if m else "none"
     result = HlsResult(target=target, mode=mode, streams=k, viewers=m)
-    server = make_server(target, args.keep_temp)
+    private = args.private and target == "ours"
+    server = OurServer(args.keep_temp, env=PRIVATE_ENV) if private else make_server(target, args.keep_temp)
     loop = asyncio.get_running_loop()
     fleet = PublisherFleet(clip, Window())
     publishers = fleet.publishers
@@ -260,18 +291,25 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
         log(f"[{target}] server pid {server.pid}")
         clock_offset = time.time() - loop.time()  # wall clock minus the loop's (monotonic) clock
         result.rss_idle_mb = round(rss_bytes(server.pids()) / 1e6, 1)
-        log(f"[{target}] starting {k} publishers, {args.start_interval * 1000:.0f} ms apart")
-        live = await fleet.start(k, server.rtmp_port, args.start_interval)
-        log(f"[{target}] {live}/{k} publishers live")
-
         connector = aiohttp.TCPConnector(limit=max(m, 1), limit_per_host=0, force_close=False)
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=args.request_timeout),
+            # Keeps the play cookie of a private camera (the server is an IP address); one jar for every viewer.
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
         )
+        cameras = await private_cameras(session, server, k) if private else None
+        log(f"[{target}] starting {k} publishers, {args.start_interval * 1000:.0f} ms apart")
+        names = [key for key, _ in cameras] if cameras is not None else None
+        live = await fleet.start(k, server.rtmp_port, args.start_interval, names)
+        log(f"[{target}] {live}/{k} publishers live")
+
         headers = {} if args.gzip else {"Accept-Encoding": "identity"}
-        if m:
+        if cameras is not None:
+            urls = [url for _, url in cameras]
+        else:
             urls = [playlist_url(server, p.name) for p in publishers]
+        if m:
             ready = await _wait_playlists(server, session, urls, timeout=20.0)
             log(f"[{target}] {ready}/{k} playlists have a segment")
             spread = args.join_spread if args.join_spread is not None else max(2.0, m / 500)
@@ -342,7 +380,7 @@ async def run_target(target: str, args: argparse.Namespace, clip: EncodedClip) -
             log(f"[{target}] could not read the server's counters: {exc}")
         if not isinstance(server, NginxServer):
             await _stop_viewers(tasks)  # they would hold the pool's connections
-            lags = await probe_ingest_lag(session, server, publishers, clock_offset)
+            lags = await probe_ingest_lag(session, urls, publishers, clock_offset)
             result.ingest_lag_samples = len(lags)
             _set_percentiles(result, "ingest_lag", lags, (50, 99, 100))
         # nginx cannot raise its workers' fd limit to worker_rlimit_nofile (65535) past our hard limit; it runs
@@ -442,6 +480,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--record", action="store_true", help="ours: record every stream (recording.streams = live/*) and report it"
+    )
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        help="ours: private cameras (database publish mode), played with play tokens and the play cookie",
     )
     args = parser.parse_args(argv)
     if args.record:

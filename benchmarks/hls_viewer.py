@@ -224,6 +224,8 @@ class Viewer:
         self.media_zero = publisher.t0 + clock_offset
         self.timescale: int | None = None
         self.url = url
+        # A private camera's URL carries its play token already.
+        self._query_sep = "&" if "?" in url else "?"
         self.base = url.rsplit("/", 1)[0] + "/"
         self.mode = mode
         self.session = session
@@ -256,7 +258,7 @@ class Viewer:
     async def _run_ll(self, playlist: MediaPlaylist) -> None:
         msn, part = playlist.live_edge()
         while not playlist.ended:
-            found = await self._playlist(f"{self.url}?_HLS_msn={msn}&_HLS_part={part}")
+            found = await self._playlist(f"{self.url}{self._query_sep}_HLS_msn={msn}&_HLS_part={part}")
             if found is None:
                 await asyncio.sleep(RETRY_DELAY)
                 continue

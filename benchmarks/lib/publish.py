@@ -151,14 +151,17 @@ class PublisherFleet:
         self.publishers: list[Publisher] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, count: int, port: int, interval: float) -> int:
-        """Start `count` publishers `interval` seconds apart; how many went live."""
+    async def start(self, count: int, port: int, interval: float, names: list[str] | None = None) -> int:
+        """Start `count` publishers `interval` seconds apart (publishing `names`, default bench<i>); how many
+        went live."""
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self.pacer.run())
         starts: list[asyncio.Task[bool]] = []
-        for _ in range(count):
+        for number in range(count):
             publisher = Publisher(len(self.publishers), self.clip)
+            if names is not None:
+                publisher.name = names[number]
             self.publishers.append(publisher)
             starts.append(loop.create_task(publisher.start("127.0.0.1", port, self.pacer)))
             await asyncio.sleep(interval)
