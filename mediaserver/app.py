@@ -30,6 +30,7 @@ from mediaserver.hls.service import HlsService
 from mediaserver.http.access import OpenStats, PlayAccess, StatsGate
 from mediaserver.http.app import create_app
 from mediaserver.http.fastpath import FastFront
+from mediaserver.http.handover import HandoverReceiver
 from mediaserver.hub import Hub, HubView
 from mediaserver.looplag import LoopLagMonitor
 from mediaserver.metrics import Metrics
@@ -116,6 +117,7 @@ class MediaServer:
         self._stop_requested = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.http_front: FastFront | None = None
+        self._handover: HandoverReceiver | None = None
         self._http_server: asyncio.Server | None = None
         self.hls: HlsService | None = None
         routes = []
@@ -302,6 +304,11 @@ class MediaServer:
             internal = RtmpContext(self.config.rtmp, self.hub, InternalPlayOnly(), self.metrics)
             self._servers.append(await start_rtmp_unix(internal, role.rtmp_socket()))
             await web.UnixSite(self._runner, role.http_socket()).start()
+            if self.http_front is not None and self.gateway is not None:
+                # An HLS player's connection that reached this worker for another's stream goes there whole.
+                self.http_front.pass_to = self.gateway.handover_target
+                self._handover = HandoverReceiver(role.handover_socket(), self.http_front.adopt)
+                self._handover.start()
         # Everything built so far (modules, codecs, the ORM, the routes) lives as long as the process: out of the
         # collector's sight, so that a full collection scans only what came later (it held the loop for up to
         # 0.3 s with a thousand WebSocket clients).
@@ -331,8 +338,11 @@ class MediaServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self._handover is not None:
+            self._handover.close()
         if self.http_front is not None:
             self.http_front.close_connections()
+            self.http_front.sender.close()
         if self._runner is not None:
             await self._runner.cleanup()  # closes the connections handed to aiohttp too
             self._runner = None

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from mediaserver.cluster.link import MachineLink, WorkerAddress
 from mediaserver.cluster.registry import StreamRegistry
+from mediaserver.cluster.role import handover_socket_beside
 from mediaserver.hub import EDGE_PROTOCOL, Hub
 
 log = logging.getLogger("mediaserver.cluster")
@@ -166,6 +167,20 @@ class WorkerGateway:
                         raise web.HTTPTemporaryRedirect(location.http_url.rstrip("/") + request.path_qs)
         response = await handler(request)
         return response
+
+    def handover_target(self, path: str) -> str | None:
+        """For the HTTP front: the handover socket of the other worker holding the stream an HLS request path
+        names (None: held here, unknown, or not HLS). The connection goes there whole, not each request."""
+        if not path.startswith("/hls/"):
+            return None
+        target = stream_of(path, self.camera_app)
+        if target is None:
+            return None
+        local = self.hub.get(*target)
+        if local is not None and not local.is_copy:
+            return None
+        worker = self.registry.local_owner(f"{target[0]}/{target[1]}")
+        return handover_socket_beside(worker.http, worker.index) if worker is not None else None
 
     def _rung_worker(self, app: str, name: str) -> WorkerAddress | None:
         """The other worker holding the source of the rung `app/name` (not live yet): its ladder makes the rung,

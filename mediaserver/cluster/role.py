@@ -28,6 +28,9 @@ class WorkerRole:
     def http_socket(self) -> str:
         return str(Path(self.parent_socket).parent / f"http-{self.index}.sock")
 
+    def handover_socket(self) -> str:
+        return handover_socket_beside(self.http_socket(), self.index)
+
     def environ(self) -> dict[str, str]:
         return {ROLE_ENV: f"{self.index}/{self.count}", PARENT_ENV: self.parent_socket}
 
@@ -39,3 +42,9 @@ class WorkerRole:
         if not (parent and index.isdigit() and count.isdigit() and int(index) < int(count)):
             return None
         return cls(int(index), int(count), parent)
+
+
+def handover_socket_beside(http_socket: str, index: int) -> str:
+    """Where worker `index` takes HTTP connections handed over by the others (`mediaserver.http.handover`): in
+    the folder of its internal HTTP socket."""
+    return str(Path(http_socket).with_name(f"handover-{index}.sock"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from mediaserver.hls.spill import SpilledRange, send_spilled_after
 from mediaserver.http.access import PLAY_COOKIE
+from mediaserver.http.handover import HandoverSender
 from mediaserver.vectored_io import Buffer, past
 
 log = logging.getLogger("mediaserver.http")
@@ -121,6 +123,9 @@ class _Date:
 class FastStats:
     answered: int = 0
     handed_over: int = 0
+    # Connections passed to the worker holding their stream, and taken from other workers.
+    passed: int = 0
+    adopted: int = 0
     waits: int = 0
     connections: set[FastProtocol] = field(default_factory=set)
 
@@ -128,8 +133,11 @@ class FastStats:
 class FastProtocol(asyncio.Protocol):
     """One connection on the public HTTP port, until it is handed to aiohttp."""
 
-    def __init__(self, front: FastFront) -> None:
+    def __init__(self, front: FastFront, carried: bytes = b"", adopted: bool = False) -> None:
         self._front = front
+        # Another worker handed this connection over, with the bytes it had read and not answered.
+        self._carried = carried
+        self._adopted = adopted
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._peer = ""
@@ -137,6 +145,8 @@ class FastProtocol(asyncio.Protocol):
         self._pending = bytearray()
         self._backlog = bytearray()
         self._requests: list[FastRequest] = []
+        # The path of the first request not answered yet, answerable here or not: where the connection may go.
+        self._first_path = ""
         self._current: FastRequest | None = None
         self._url = b""
         self._in_message = False
@@ -155,6 +165,9 @@ class FastProtocol(asyncio.Protocol):
         self._front.stats.connections.add(self)
         self._last_active = self._front.loop.time()
         self._idle_timer = self._front.loop.call_later(KEEPALIVE_TIMEOUT, self._check_idle)
+        if self._carried:
+            carried, self._carried = self._carried, b""
+            self.data_received(carried)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._front.stats.connections.discard(self)
@@ -223,6 +236,8 @@ class FastProtocol(asyncio.Protocol):
         request, self._current = self._current, None
         parser = self._parser
         url = self._url
+        if not self._first_path:
+            self._first_path = url.partition(b"?")[0].decode("latin-1")
         # Only plain GETs of a plain path on a kept-alive HTTP/1.1 connection: anything else is aiohttp's.
         if (
             request is None
@@ -264,6 +279,8 @@ class FastProtocol(asyncio.Protocol):
             return
         self._requests.clear()
         self._pending.clear()
+        self._first_path = ""
+        self._adopted = False  # answered here: it may be passed on again for another stream
         front.stats.answered += 1
         self._last_active = front.loop.time()
         head = answer.head + front.date.line() + _SERVER + b"\r\n"
@@ -298,9 +315,10 @@ class FastProtocol(asyncio.Protocol):
             self.data_received(backlog)
 
     def _hand_over(self) -> None:
-        """aiohttp takes the connection, with every byte not answered here."""
+        """aiohttp takes the connection, with every byte not answered here (unless the worker holding the stream
+        takes it)."""
         transport = self._transport
-        if transport is None:
+        if transport is None or self._pass_to_worker(transport):
             return
         self._front.stats.handed_over += 1
         self._front.stats.connections.discard(self)
@@ -317,6 +335,29 @@ class FastProtocol(asyncio.Protocol):
         handler.connection_made(transport)
         if data:
             handler.data_received(data)
+
+    def _pass_to_worker(self, transport: asyncio.Transport) -> bool:
+        """Hand the connection to the worker of this machine that holds the stream the first request names,
+        when it is between answers; whether it went."""
+        front = self._front
+        if front.pass_to is None or self._adopted or not self._first_path or self._backlog:
+            return False  # (an adopted connection's first request is answered here, whatever the mirror says)
+        target = front.pass_to(self._first_path)
+        if target is None or transport.get_write_buffer_size():
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None or not front.sender.send(target, sock.fileno(), bytes(self._pending)):
+            return False
+        front.stats.passed += 1
+        front.stats.connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._transport = None
+        self._pending.clear()
+        self._requests.clear()
+        self._first_path = ""
+        transport.abort()  # our descriptor only: the connection goes on in the other worker
+        return True
 
     def _check_idle(self) -> None:
         transport = self._transport
@@ -342,10 +383,28 @@ class FastFront:
         self.loop = asyncio.get_running_loop()
         self.date = _Date()
         self.stats = FastStats()
+        # With workers: the handover socket of the other worker holding the stream a request path names.
+        self.pass_to: Callable[[str], str | None] | None = None
+        self.sender = HandoverSender()
+        self._adopting: set[asyncio.Task[None]] = set()
         registry.register(_FrontCollector(self.stats))
 
     def __call__(self) -> FastProtocol:
         return FastProtocol(self)
+
+    def adopt(self, sock: socket.socket, carried: bytes) -> None:
+        """A connection another worker handed over (`mediaserver.http.handover`): served here from now on."""
+        self.stats.adopted += 1
+        task = self.loop.create_task(self._adopt(sock, carried))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, sock: socket.socket, carried: bytes) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: FastProtocol(self, carried, adopted=True), sock)
+        except OSError as exc:
+            log.warning("event=http_adopt_failed error=%s", exc)
+            sock.close()
 
     def close_connections(self) -> None:
         for protocol in list(self.stats.connections):
@@ -368,12 +427,13 @@ class _FrontCollector(Collector):
         stats = self._stats
         requests = CounterMetricFamily(
             "mediaserver_http_front_requests",
-            "Requests on the public HTTP port answered by the front (HLS from memory), or handed to aiohttp with "
-            "their connection",
+            "Requests on the public HTTP port answered by the front (HLS from memory), or handed with their "
+            "connection to aiohttp or to the worker holding their stream",
             labels=["path"],
         )
         requests.add_metric(["answered"], stats.answered)
         requests.add_metric(["handed_over"], stats.handed_over)
+        requests.add_metric(["passed_to_worker"], stats.passed)
         yield requests
         yield CounterMetricFamily(
             "mediaserver_http_front_waits",
@@ -382,4 +442,9 @@ class _FrontCollector(Collector):
         )
         yield GaugeMetricFamily(
             "mediaserver_http_front_connections", "Connections the front holds", value=len(stats.connections)
+        )
+        yield CounterMetricFamily(
+            "mediaserver_http_front_adopted_connections",
+            "Connections another worker of this machine handed over (their stream is held here)",
+            value=stats.adopted,
         )

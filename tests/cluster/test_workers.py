@@ -26,6 +26,8 @@ from mediaserver.rtmp.chunk import Message
 from mediaserver.rtmp.client import RtmpClient
 from tests.cluster.helpers import fetch, ffprobe_codecs, metric, owner, start_workers, worker_pids
 from tests.conftest import ServerProcess, api_call, ffmpeg_publish, start_server, wait_for_stream
+from tests.e2e.test_hls import wait_playlist
+from tests.hls.test_front import Connection
 from tests.webrtc.helpers import SDP, WEBRTC_ENV, collect, loopback_offer, loopback_pc, wait_until
 
 pytestmark = pytest.mark.slow
@@ -68,7 +70,10 @@ def test_any_worker_serves_any_stream(workers: ServerProcess) -> None:
             playlist = fetch(workers.http_url("/hls/live/cam/index.m3u8"))
             sequences.append(int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist).group(1)))  # type: ignore[union-attr]
         assert sequences == sorted(sequences), sequences
-        assert metric(workers, "mediaserver_worker_forwarded_requests_total", worker=str(other)) >= 1
+        # The connections that reached the other worker went to the holder whole (its HTTP front answers them).
+        passed = "mediaserver_http_front_requests_total"
+        assert metric(workers, passed, worker=str(other), path="passed_to_worker") >= 1
+        assert metric(workers, "mediaserver_http_front_adopted_connections_total", worker=str(holder)) >= 1
         assert set(ffprobe_codecs(workers.http_url("/hls/live/cam/index.m3u8"))) == {"h264", "aac"}
 
         # WHEP through the other worker (its internal socket, so the path is certain): the offer is answered by
@@ -102,6 +107,43 @@ async def _whep_through(server: ServerProcess, worker: int) -> int:
         return len(received.video)
     finally:
         await pc.close()
+
+
+def test_an_hls_connection_that_reaches_the_other_worker_is_served_by_the_holder(workers: ServerProcess) -> None:
+    """A kept-alive HLS connection on the shared port that lands in the worker not holding the stream is handed
+    to the holder (the socket itself): every request on it, before and after, is answered, in order, by the
+    holder's front; nothing is forwarded request by request."""
+    publisher = ffmpeg_publish(workers.rtmp_url("live/cam"), 60, gop=25)
+    try:
+        wait_for_stream(workers, "live", "cam", timeout=15)
+        holder = owner(workers, "live", "cam")
+        other = 1 - holder
+        wait_playlist(workers, "/hls/live/cam/index.m3u8", 2, 30)
+        passed = "mediaserver_http_front_requests_total"
+        for _ in range(24):  # the kernel spreads connections over the workers
+            conn = Connection(workers)
+            try:
+                status, _, text = conn.get("/hls/live/cam/index.m3u8")
+                assert status == 200 and text.startswith(b"#EXTM3U")
+                segment = re.findall(r"^(seg-\d+\.m4s)$", text.decode(), re.M)[-1]
+                # Pipelined: both answers come back whole and in order, whichever worker has the socket.
+                conn.send(f"GET /hls/live/cam/{segment} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 2)
+                for _ in range(2):
+                    status, _, data = conn.read()
+                    assert status == 200 and data[4:8] in (b"styp", b"moof")
+                assert conn.get("/hls/live/cam/index.m3u8")[0] == 200
+            finally:
+                conn.close()
+            if metric(workers, passed, worker=str(other), path="passed_to_worker") >= 1:
+                break
+        else:
+            pytest.fail("no HLS connection reached the worker that does not hold the stream")
+        assert metric(workers, "mediaserver_http_front_adopted_connections_total", worker=str(holder)) >= 1
+        assert metric(workers, passed, worker=str(other), path="answered") == 0
+        assert metric(workers, "mediaserver_worker_forwarded_requests_total", worker=str(other)) == 0
+    finally:
+        publisher.kill()
+        publisher.wait()
 
 
 def test_killed_worker_restarts_and_only_its_streams_stop(workers: ServerProcess) -> None:
