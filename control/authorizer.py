@@ -7,6 +7,7 @@ another node (or the CLI) apply within that time. Unknown keys are never cached.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -64,6 +65,8 @@ class DatabaseAuthorizer:
         self._by_id: dict[str, tuple[CameraAuth, float]] = {}
         self._denials: dict[str, tuple[int, int]] = {}
         self.lookups = 0
+        # Cameras being looked up again for `play_now`, which answers from their expired entry meanwhile.
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     def invalidate(self) -> None:
         self._by_key.clear()
@@ -133,11 +136,36 @@ class DatabaseAuthorizer:
         if app != self.app:
             return None
         rung = split_rung_stream(name, self._rungs)
-        cached = self._by_id.get(rung[0] if rung is not None else name)
-        if cached is None or cached[1] <= time.monotonic():
+        camera_id = rung[0] if rung is not None else name
+        cached = self._by_id.get(camera_id)
+        if cached is None:
             return None
-        camera = cached[0]
+        camera, expires = cached
+        now = time.monotonic()
+        if expires <= now:
+            # Expired: looked up again in the background, the entry still answering for one more lifetime. Else
+            # every viewer's next request after the expiry would leave the HTTP front for good (a connection it
+            # hands to aiohttp stays there).
+            if now - expires > self._ttl:
+                return None
+            self._refresh(camera_id)
         return self._play_grant(camera, app, name if rung is not None else camera.id, params)
+
+    def _refresh(self, camera_id: str) -> None:
+        if camera_id not in self._refreshing:
+            task = asyncio.get_running_loop().create_task(self._reload(camera_id))
+            self._refreshing[camera_id] = task
+
+    async def _reload(self, camera_id: str) -> None:
+        try:
+            if await self._load(by_id=camera_id) is None:  # gone: its entries go too
+                stale = self._by_id.pop(camera_id, None)
+                if stale is not None:
+                    self._by_key.pop(stale[0].stream_key, None)
+        except Exception as exc:  # the entry stays until its extra lifetime ends; aiohttp's check says why
+            log.warning("event=authorizer_refresh_failed camera=%s error=%s", camera_id, type(exc).__name__)
+        finally:
+            del self._refreshing[camera_id]
 
     def _play_grant(self, camera: CameraAuth, app: str, stream: str, params: dict[str, str]) -> AuthResult:
         """A public camera plays for anyone; a private one with its play token (checked tokens are remembered,

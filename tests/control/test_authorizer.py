@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
@@ -111,6 +113,30 @@ async def test_play_private_needs_a_token(api: Api, admin: str) -> None:
     status, webrtc = await api.call("GET", f"/streaming/webrtc/{private['id']}", viewer)
     assert status == 200 and f"/whep/live/{private['id']}?token=" in webrtc["url"]
     assert (await api.call("GET", f"/streaming/hls/{'0' * 32}", viewer))[0] == 404
+
+
+async def test_an_expired_camera_entry_answers_the_front_while_it_is_looked_up_again(api: Api, admin: str) -> None:
+    """The front's play check keeps answering from an expired entry (a connection it gives to aiohttp stays
+    there) while the camera is read again in the background; a camera gone meanwhile loses its entry."""
+    public = await api.camera(admin, name="public", private=False)
+    auth = api.plane.authorizer
+    assert isinstance(await auth.authorize_play("live", public["id"], {}, "p:1"), StreamGrant)
+    grant = StreamGrant("live", public["id"], camera_id=public["id"])
+    camera, _ = auth._by_id[public["id"]]
+    lookups = auth.lookups
+    auth._by_id[public["id"]] = (camera, time.monotonic() - 1)
+    assert auth.play_now("live", public["id"], {}, "p:1") == grant
+    assert auth.play_now("live", public["id"], {}, "p:1") == grant  # one lookup in flight, not two
+    await asyncio.gather(*auth._refreshing.values())
+    assert auth.lookups == lookups + 1 and auth._by_id[public["id"]][1] > time.monotonic()
+    # Long expired: looked up the slow way. Deleted elsewhere (no invalidation here): the entry goes.
+    auth._by_id[public["id"]] = (camera, time.monotonic() - 2 * api.plane.config.api.authorizer_cache_ttl)
+    assert auth.play_now("live", public["id"], {}, "p:1") is None
+    assert (await api.call("DELETE", f"/cameras/{public['id']}", admin))[0] == 204
+    auth._by_id[public["id"]] = (camera, time.monotonic() - 1)
+    assert auth.play_now("live", public["id"], {}, "p:1") == grant
+    await asyncio.gather(*auth._refreshing.values())
+    assert auth.play_now("live", public["id"], {}, "p:1") is None and public["id"] not in auth._by_id
 
 
 async def test_nginx_rtmp_callback(api: Api, admin: str) -> None:
