@@ -12,6 +12,7 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -151,10 +152,24 @@ class DatabaseAuthorizer:
             self._refresh(camera_id)
         return self._play_grant(camera, app, name if rung is not None else camera.id, params)
 
-    def _refresh(self, camera_id: str) -> None:
-        if camera_id not in self._refreshing:
-            task = asyncio.get_running_loop().create_task(self._reload(camera_id))
-            self._refreshing[camera_id] = task
+    def prepare_play(self, app: str, name: str) -> asyncio.Future[Any] | None:
+        """The lookup `play_now` needs for a camera it does not hold (one for every request waiting on it)."""
+        if app != self.app:
+            return None
+        rung = split_rung_stream(name, self._rungs)
+        camera_id = rung[0] if rung is not None else name
+        if not camera_id or len(camera_id) > 64:
+            return None
+        cached = self._by_id.get(camera_id)
+        if cached is not None and time.monotonic() - cached[1] <= self._ttl:
+            return None  # held (fresh, or answering while it is read again)
+        return self._refresh(camera_id)
+
+    def _refresh(self, camera_id: str) -> asyncio.Task[None]:
+        task = self._refreshing.get(camera_id)
+        if task is None:
+            task = self._refreshing[camera_id] = asyncio.get_running_loop().create_task(self._reload(camera_id))
+        return task
 
     async def _reload(self, camera_id: str) -> None:
         try:

@@ -277,10 +277,14 @@ class HlsService:
             parts[2], parts[3], request.peer, query.pop("token", ""), request.play_cookie, is_playlist
         )
         if grant is None:
-            return None
+            # A camera the authorizer does not hold yet (the first viewer, or after a restart): its lookup is
+            # waited for here, once, else the connection would stay with aiohttp.
+            lookup = None if request.prepared else self.play_access.prepare(parts[2], parts[3])
+            request.prepared = True
+            return lookup
         live = self.hub.get(grant.app, grant.name)
         stream = self.streams.get(f"{grant.app}/{grant.name}")
-        # Only streams held here: one held by another worker is forwarded (the gateway, in aiohttp).
+        # Only streams held here: for one held by another worker, the connection goes there (or aiohttp forwards).
         if live is None or live.is_copy or stream is None:
             return None
         if is_playlist:

@@ -11,9 +11,10 @@ plane anyone may read them; the control plane installs a gate that authenticates
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http.cookies import Morsel
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter
@@ -41,6 +42,10 @@ class QuickPlay(Protocol):
     def play_now(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult | None:
         """`authorize_play`'s answer when it is known without I/O (from what the authorizer holds); None
         otherwise."""
+
+    def prepare_play(self, app: str, name: str) -> asyncio.Future[Any] | None:
+        """Start learning what `play_now` lacks for `app/name` (a lookup); what ends once it is learnt, or None
+        when there is nothing to learn."""
 
 
 class StatsGate(Protocol):
@@ -112,7 +117,9 @@ class PlayAccess:
         self.authorizer = authorizer
         self._open_grants: dict[tuple[str, str], StreamGrant] = {}
         # An authorizer that can answer a credential-less play from what it already knows (`QuickPlay`).
-        self._play_now = authorizer.play_now if isinstance(authorizer, QuickPlay) else None
+        quick = authorizer if isinstance(authorizer, QuickPlay) else None
+        self._play_now = quick.play_now if quick is not None else None
+        self._prepare_play = quick.prepare_play if quick is not None else None
         self.denied = Counter(
             "mediaserver_play_denied", "Play requests refused by the authorizer", ["protocol"], registry=registry
         )
@@ -161,6 +168,11 @@ class PlayAccess:
             if result is None:
                 return None
         return None
+
+    def prepare(self, app: str, name: str) -> asyncio.Future[Any] | None:
+        """When `check_now` had no answer for want of a lookup: the lookup, to wait for before asking again (the
+        HTTP front keeps the connection meanwhile, rather than leave it to aiohttp for good)."""
+        return self._prepare_play(app, name) if self._prepare_play is not None else None
 
 
 def set_play_cookie(request: web.Request, response: web.StreamResponse, grant: StreamGrant) -> None:

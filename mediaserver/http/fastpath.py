@@ -63,6 +63,8 @@ class FastRequest:
     other: bool = False
     # When (loop clock) it was complete: a route that makes it wait knows for how long it has.
     since: float = 0.0
+    # It waited once for its play check's lookup (`PlayAccess.prepare`): not again.
+    prepared: bool = False
 
 
 @dataclass(slots=True)
@@ -131,7 +133,7 @@ class FastStats:
 
 
 class FastProtocol(asyncio.Protocol):
-    """One connection on the public HTTP port, until it is handed to aiohttp."""
+    """One connection on the public HTTP port, until it is handed to aiohttp (or to the worker holding its stream)."""
 
     def __init__(self, front: FastFront, carried: bytes = b"", adopted: bool = False) -> None:
         self._front = front

@@ -318,53 +318,34 @@ def test_workers_stop_when_their_parent_dies(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_an_abr_rung_is_made_by_the_worker_holding_its_source(tmp_path: Path) -> None:
-    """A rung asked for through the worker that does not hold the source is transcoded by the holder's ladder
-    (the request is forwarded), not by a second ladder over an edge copy."""
-    ladder = {
-        "MEDIASERVER_TRANSCODE_STREAMS": '["live/*"]',
-        "MEDIASERVER_TRANSCODE_LADDER": '["180p:320x180:200k"]',
-        "MEDIASERVER_TRANSCODE_THREADS": "1",
-    }
-    server = start_workers(tmp_path, 2, ladder)
+# One rung, small and cheap: the ladder of the tests below.
+RUNG_LADDER = {
+    "MEDIASERVER_TRANSCODE_STREAMS": '["live/*"]',
+    "MEDIASERVER_TRANSCODE_LADDER": '["180p:320x180:200k"]',
+    "MEDIASERVER_TRANSCODE_THREADS": "1",
+}
+
+
+@pytest.mark.parametrize("protocol", ["hls", "rtmp"])
+def test_an_abr_rung_asked_for_in_the_other_worker_is_made_by_the_holders_ladder(tmp_path: Path, protocol: str) -> None:
+    """A rung that is not live yet, asked for through the worker that does not hold the source, is transcoded by
+    the holder's ladder, not by a second ladder over an edge copy of the source: an HLS request is forwarded to
+    the holder; an RTMP player gets an edge copy of the rung itself from the holder."""
+    server = start_workers(tmp_path, 2, RUNG_LADDER)
     publisher = ffmpeg_publish(server.rtmp_url("live/cam"), 60, size="426x240", gop=25)
     try:
         wait_for_stream(server, "live", "cam", timeout=15)
         holder = owner(server, "live", "cam")
         other = 1 - holder
-        playlist = asyncio.run(_fetch_through(server, other, "/hls/live/cam_180p/index.m3u8"))
-        assert "#EXTINF" in playlist
+        if protocol == "hls":
+            playlist = asyncio.run(_fetch_through(server, other, "/hls/live/cam_180p/index.m3u8"))
+            assert "#EXTINF" in playlist
+        else:
+            assert asyncio.run(_first_video_through(server, other, "cam_180p")) == 320  # the rung's picture
         assert metric(server, "mediaserver_transcode_workers", worker=str(holder)) == 1
         assert metric(server, "mediaserver_transcode_workers", worker=str(other)) == 0
-        assert metric(server, "mediaserver_edge_copies_opened_total", worker=str(other)) == 0
-        assert owner(server, "live", "cam_180p") == holder
-    finally:
-        publisher.kill()
-        publisher.wait()
-        server.stop()
-    assert "Traceback" not in server.log(), server.log()[-5000:]
-
-
-def test_an_abr_rung_played_over_rtmp_in_the_other_worker_comes_from_the_holders_ladder(tmp_path: Path) -> None:
-    """An RTMP player of a rung that is not live yet, reaching the worker that does not hold the source, gets an
-    edge copy of the rung from the holder, whose ladder makes it (before, that worker transcoded an edge copy of
-    the source: a second ladder on the machine)."""
-    ladder = {
-        "MEDIASERVER_TRANSCODE_STREAMS": '["live/*"]',
-        "MEDIASERVER_TRANSCODE_LADDER": '["180p:320x180:200k"]',
-        "MEDIASERVER_TRANSCODE_THREADS": "1",
-    }
-    server = start_workers(tmp_path, 2, ladder)
-    publisher = ffmpeg_publish(server.rtmp_url("live/cam"), 60, size="426x240", gop=25)
-    try:
-        wait_for_stream(server, "live", "cam", timeout=15)
-        holder = owner(server, "live", "cam")
-        other = 1 - holder
-        width = asyncio.run(_first_video_through(server, other, "cam_180p"))
-        assert width == 320  # the rung's picture, not the source's
-        assert metric(server, "mediaserver_transcode_workers", worker=str(holder)) == 1
-        assert metric(server, "mediaserver_transcode_workers", worker=str(other)) == 0
-        assert metric(server, "mediaserver_edge_copies_opened_total", worker=str(other)) == 1
+        copies = 0 if protocol == "hls" else 1
+        assert metric(server, "mediaserver_edge_copies_opened_total", worker=str(other)) == copies
         assert owner(server, "live", "cam_180p") == holder
     finally:
         publisher.kill()

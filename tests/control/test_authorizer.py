@@ -115,13 +115,20 @@ async def test_play_private_needs_a_token(api: Api, admin: str) -> None:
     assert (await api.call("GET", f"/streaming/hls/{'0' * 32}", viewer))[0] == 404
 
 
-async def test_an_expired_camera_entry_answers_the_front_while_it_is_looked_up_again(api: Api, admin: str) -> None:
-    """The front's play check keeps answering from an expired entry (a connection it gives to aiohttp stays
-    there) while the camera is read again in the background; a camera gone meanwhile loses its entry."""
+async def test_the_fronts_play_check_waits_for_a_lookup_and_answers_from_an_expired_entry(api: Api, admin: str) -> None:
+    """A connection the front gives to aiohttp stays there: for a camera it does not hold, the front waits for one
+    lookup; from an expired entry it keeps answering while the camera is read again in the background; a camera
+    gone meanwhile loses its entry."""
     public = await api.camera(admin, name="public", private=False)
     auth = api.plane.authorizer
-    assert isinstance(await auth.authorize_play("live", public["id"], {}, "p:1"), StreamGrant)
+    # Not held yet: the front waits for one lookup, however many requests ask, then knows the answer.
+    auth.invalidate()
+    lookup = auth.prepare_play("live", public["id"])
+    assert lookup is not None and auth.prepare_play("live", public["id"]) is lookup
+    await lookup
     grant = StreamGrant("live", public["id"], camera_id=public["id"])
+    assert auth.prepare_play("live", public["id"]) is None and auth.play_now("live", public["id"], {}, "p:1") == grant
+    assert auth.prepare_play("other", public["id"]) is None
     camera, _ = auth._by_id[public["id"]]
     lookups = auth.lookups
     auth._by_id[public["id"]] = (camera, time.monotonic() - 1)

@@ -29,6 +29,12 @@ def _front(server: ServerProcess) -> tuple[float, float]:
     return float(answered.group(1)), float(handed.group(1))
 
 
+def _front_waits(server: ServerProcess) -> float:
+    found = re.search(r"^mediaserver_http_front_waits_total (\S+)$", server.get_text("/metrics"), re.M)
+    assert found is not None
+    return float(found.group(1))
+
+
 class Connection:
     """One kept-alive connection, answers read one at a time (status, lower-cased headers, body)."""
 
@@ -231,7 +237,16 @@ def test_front_serves_public_and_private_cameras_under_the_database_authorizer(
         wait_for_stream(server, "live", public)
         wait_for_stream(server, "live", private)
         wait_playlist(server, f"/hls/live/{public}/index.m3u8", 2, 30)
+        # A camera change empties the authorizer's cache: the first request then waits for the camera's lookup in
+        # the front (once), instead of leaving its connection to aiohttp.
+        request = urllib.request.Request(
+            server.http_url("/api/v1/cameras"),
+            json.dumps({"name": "third"}).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
         answered, _ = _front(server)
+        waits = _front_waits(server)
         conn = Connection(server)
         try:
             for _ in range(3):
@@ -239,7 +254,7 @@ def test_front_serves_public_and_private_cameras_under_the_database_authorizer(
                 assert status == 200 and body.startswith(b"#EXTM3U")
         finally:
             conn.close()
-        assert _front(server)[0] - answered == 3
+        assert _front(server)[0] - answered == 3 and _front_waits(server) - waits == 1
         # The private camera: 403 without its token (aiohttp's answer, logged and counted).
         answered, _ = _front(server)
         conn = Connection(server)
