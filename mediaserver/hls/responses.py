@@ -24,9 +24,7 @@ from mediaserver.hls import playlist
 from mediaserver.hls.segmenter import HlsStream
 from mediaserver.hls.spill import SpilledRange, send_spilled_after
 from mediaserver.http.fastpath import prepared_head
-from mediaserver.vectored_io import past
-
-Buffer = bytes | memoryview
+from mediaserver.vectored_io import Buffer, past
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl; charset=utf-8"
 IMMUTABLE = "public, max-age=31536000, immutable"

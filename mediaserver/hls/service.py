@@ -25,13 +25,14 @@ from mediaserver.background import BackgroundTask
 from mediaserver.events import StreamEvent, StreamEventKind
 from mediaserver.fragments import FragmentListener
 from mediaserver.hls import playlist
-from mediaserver.hls.responses import Buffer, PlaylistCache, ServeStats, error_answer, media_head, media_response
+from mediaserver.hls.responses import PlaylistCache, ServeStats, error_answer, media_head, media_response
 from mediaserver.hls.segmenter import HlsSettings, HlsStream, Segment, SegmenterStats
 from mediaserver.hls.spill import SpillWriter
 from mediaserver.http.access import PlayAccess, play_cookie_header, set_play_cookie
 from mediaserver.http.errors import error_response
 from mediaserver.http.fastpath import FastAnswer, FastRequest
 from mediaserver.hub import Hub, Stream
+from mediaserver.vectored_io import Buffer
 
 log = logging.getLogger("mediaserver.hls")
 
