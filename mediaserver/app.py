@@ -235,6 +235,8 @@ class MediaServer:
         )
         if self.hls is not None:
             self.hls.segments = self.edge.segmented_here
+            registry = self.registry
+            self.hls.held_elsewhere = lambda app, name: registry.local_owner(f"{app}/{name}") is not None
         self.gateway = WorkerGateway(
             self.hub,
             self.registry,

@@ -69,8 +69,10 @@ class HlsService:
         # The other renditions of a stream's picture (app, name) -> names: an ABR ladder's, set by the
         # composition root when there is one.
         self.renditions: Callable[[str, str], list[str]] | None = None
-        # Whether a starting stream is segmented in this process (None: every one); set by the composition root.
+        # Whether a starting stream is segmented in this process (None: every one), and whether a stream not live
+        # here is live in another worker; set by the composition root.
         self.segments: Callable[[Stream], bool] | None = None
+        self.held_elsewhere: Callable[[str, str], bool] | None = None
         self._viewers: dict[tuple[str, str, str], float] = {}
         self._housekeeping = BackgroundTask.every(1.0, self._housekeep, "hls_housekeeping")
         # Counted as plain integers (the collector reports them): a labelled prometheus child costs a lookup and
@@ -286,8 +288,21 @@ class HlsService:
         live = self.hub.get(grant.app, grant.name)
         stream = self.streams.get(f"{grant.app}/{grant.name}")
         # Only streams held here: for one held by another worker, the connection goes there (or aiohttp forwards).
-        if live is None or live.is_copy or stream is None:
+        if stream is None or (live is not None and live.is_copy):
             return None
+        if live is None and self.held_elsewhere is not None and self.held_elsewhere(grant.app, grant.name):
+            return None  # its publisher came back to another worker: the kept playlist is not the one to serve
+        if live is None and is_playlist:
+            # Between publishers (a camera reconnecting), or a source that starts on demand: the hub's demand
+            # handlers are asked once, as aiohttp's route asks them; then the playlist kept meanwhile answers, as
+            # there (its files are served from it all along). A connection left to aiohttp would stay there
+            # after the camera is back.
+            if not request.demanded:
+                request.demanded = True
+                return asyncio.ensure_future(self._demand(grant.app, grant.name))
+            live = self.hub.get(grant.app, grant.name)
+            if live is not None and live.is_copy:
+                return None
         if is_playlist:
             return self._playlist_now(request, query, grant, stream)
         match = _FILE.match(file)
@@ -315,6 +330,12 @@ class HlsService:
             return stream.change_future(remaining)
         part = segment.parts[index]
         return self._media_now(stream, segment, part.offset, part.offset + part.size, "part")
+
+    async def _demand(self, app: str, name: str) -> None:
+        try:
+            await self.hub.find(app, name)
+        except Exception:  # a failing handler: the kept playlist still answers
+            log.exception("event=hls_demand_failed stream=%s/%s", app, name)
 
     def _playlist_now(
         self, request: FastRequest, params: dict[str, str], grant: StreamGrant, stream: HlsStream

@@ -63,8 +63,10 @@ class FastRequest:
     other: bool = False
     # When (loop clock) it was complete: a route that makes it wait knows for how long it has.
     since: float = 0.0
-    # It waited once for its play check's lookup (`PlayAccess.prepare`): not again.
+    # It waited once for its play check's lookup (`PlayAccess.prepare`), or for its stream's demand handlers: not
+    # again.
     prepared: bool = False
+    demanded: bool = False
 
 
 @dataclass(slots=True)

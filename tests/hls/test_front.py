@@ -305,3 +305,36 @@ def test_front_serves_public_and_private_cameras_under_the_database_authorizer(
         for publisher in publishers:
             publisher.kill()
             publisher.wait()
+
+
+def test_a_camera_reconnecting_keeps_its_viewers_connections_on_the_front(server: ServerProcess) -> None:
+    """While the publisher is away the kept playlist and its segments answer from the front, as aiohttp's route
+    would; so the connection is still the front's when the camera is back (one left to aiohttp stays there)."""
+    publisher = ffmpeg_publish(server.rtmp_url("live/gap"), 40, size="320x240", rate=25, gop=25)
+    conn: Connection | None = None
+    try:
+        wait_for_stream(server, "live", "gap")
+        wait_playlist(server, "/hls/live/gap/index.m3u8", 2, 30)
+        answered, _ = _front(server)
+        conn = Connection(server)
+        assert conn.get("/hls/live/gap/index.m3u8")[0] == 200
+        publisher.kill()
+        publisher.wait()
+        deadline = time.monotonic() + 10
+        while any(s["name"] == "gap" for s in server.get_json("/api/v1/streams")["streams"]):  # type: ignore[index]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        status, _, text = conn.get("/hls/live/gap/index.m3u8")
+        assert status == 200 and text.startswith(b"#EXTM3U")
+        segment = re.findall(r"^(seg-\d+\.m4s)$", text.decode(), re.M)[-1]
+        assert conn.get(f"/hls/live/gap/{segment}")[0] == 200
+        publisher = ffmpeg_publish(server.rtmp_url("live/gap"), 40, size="320x240", rate=25, gop=25)
+        wait_for_stream(server, "live", "gap")
+        assert conn.get("/hls/live/gap/index.m3u8")[0] == 200
+        # All four answers on this connection were the front's (the API calls around them are aiohttp's).
+        assert _front(server)[0] - answered == 4
+    finally:
+        if conn is not None:
+            conn.close()
+        publisher.kill()
+        publisher.wait()
