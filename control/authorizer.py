@@ -125,19 +125,16 @@ class DatabaseAuthorizer:
     async def authorize_play(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult:
         if app != self.app:
             return Denied("unknown_app")
-        # A rung of the camera's ladder is the camera's picture: the same rights, the rung's own stream.
-        rung = split_rung_stream(name, self._rungs)
-        camera = await self.camera_by_id(rung[0] if rung is not None else name)
+        camera = await self.camera_by_id(self._camera_of(name))
         if camera is None:
             return Denied("unknown_camera")
-        return self._play_grant(camera, app, name if rung is not None else camera.id, params)
+        return self._play_grant(camera, app, name, params)
 
     def play_now(self, app: str, name: str, params: dict[str, str], peer: str) -> AuthResult | None:
         """`authorize_play` from the cache alone: None when it would look the camera up."""
         if app != self.app:
             return None
-        rung = split_rung_stream(name, self._rungs)
-        camera_id = rung[0] if rung is not None else name
+        camera_id = self._camera_of(name)
         cached = self._by_id.get(camera_id)
         if cached is None:
             return None
@@ -150,14 +147,13 @@ class DatabaseAuthorizer:
             if now - expires > self._ttl:
                 return None
             self._refresh(camera_id)
-        return self._play_grant(camera, app, name if rung is not None else camera.id, params)
+        return self._play_grant(camera, app, name, params)
 
     def prepare_play(self, app: str, name: str) -> asyncio.Future[Any] | None:
         """The lookup `play_now` needs for a camera it does not hold (one for every request waiting on it)."""
         if app != self.app:
             return None
-        rung = split_rung_stream(name, self._rungs)
-        camera_id = rung[0] if rung is not None else name
+        camera_id = self._camera_of(name)
         if not camera_id or len(camera_id) > 64:
             return None
         cached = self._by_id.get(camera_id)
@@ -182,9 +178,16 @@ class DatabaseAuthorizer:
         finally:
             del self._refreshing[camera_id]
 
-    def _play_grant(self, camera: CameraAuth, app: str, stream: str, params: dict[str, str]) -> AuthResult:
+    def _camera_of(self, name: str) -> str:
+        """The camera a played name shows: a rung of its ladder is its picture, with the same rights."""
+        rung = split_rung_stream(name, self._rungs)
+        return rung[0] if rung is not None else name
+
+    def _play_grant(self, camera: CameraAuth, app: str, name: str, params: dict[str, str]) -> AuthResult:
         """A public camera plays for anyone; a private one with its play token (checked tokens are remembered,
-        so this is no I/O and, most of the time, no signature check either)."""
+        so this is no I/O and, most of the time, no signature check either). The grant names the rung played,
+        or the camera's own stream."""
+        stream = name if split_rung_stream(name, self._rungs) is not None else camera.id
         if not camera.private:
             return StreamGrant(app, stream, camera_id=camera.id)
         token = params.get("token", "")

@@ -100,13 +100,9 @@ def play_attempts(given: dict[str, str], cookie: str, credential: bool) -> list[
     when there is no cookie or it is refused, asks for one to hand back."""
     attempts = []
     if cookie:
-        attempts.append(
-            {"key": cookie, "token": cookie, WANTS_CREDENTIAL: RENEW}
-            if credential
-            else {"key": cookie, "token": cookie}
-        )
+        attempts.append({"key": cookie, "token": cookie} | ({WANTS_CREDENTIAL: RENEW} if credential else {}))
     if not cookie or (given and cookie != given.get("token", given.get("key"))):
-        attempts.append({**given, WANTS_CREDENTIAL: MINT} if credential else given)
+        attempts.append(given | ({WANTS_CREDENTIAL: MINT} if credential else {}))
     return attempts
 
 
